@@ -1,0 +1,144 @@
+//! One error type for the whole crate.
+//!
+//! Every variant carries the facts a user needs to fix the problem: which input, what was
+//! expected, what was found, and what to do next. Library code never panics on user input.
+
+use std::path::PathBuf;
+
+/// The crate's error: what went wrong, where, and what to do next.
+///
+/// ```
+/// use secure_tuning::Error;
+/// let e = Error::MissingFile { path: "m/config.json".into(), hint: "is this a model folder?".into() };
+/// assert!(e.to_string().contains("m/config.json"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file the operation needs does not exist.
+    #[error("`{path}` does not exist; {hint}")]
+    MissingFile {
+        /// The path that was looked for.
+        path: PathBuf,
+        /// What to do about it.
+        hint: String,
+    },
+    /// A file exists but could not be read.
+    #[error("cannot read `{path}`: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// A file was read but its content is malformed.
+    #[error("`{path}` is malformed: {reason}")]
+    Malformed {
+        /// The file (or other named input).
+        path: PathBuf,
+        /// What is wrong, as precisely as known.
+        reason: String,
+    },
+    /// The model's `config.json` names an architecture this crate does not implement.
+    #[error("unsupported model_type `{model_type}` in `{path}`; supported: llama, qwen2, mistral")]
+    UnsupportedArchitecture {
+        /// The `model_type` found.
+        model_type: String,
+        /// The config file.
+        path: PathBuf,
+    },
+    /// A model folder holds only pickled weights, which this crate refuses to load.
+    #[error(
+        "`{path}` holds only pickled PyTorch weights ({found}); they can run arbitrary code when \
+         loaded, so only safetensors are accepted: convert them with \
+         `transformers`' `save_pretrained(..., safe_serialization=True)`"
+    )]
+    PickleOnly {
+        /// The model folder.
+        path: PathBuf,
+        /// The weight files found.
+        found: String,
+    },
+    /// A weight tensor is missing from the checkpoint.
+    #[error("tensor `{name}` is missing from the checkpoint in `{path}`; {hint}")]
+    MissingTensor {
+        /// Full Hugging Face parameter name.
+        name: String,
+        /// The model folder or file.
+        path: PathBuf,
+        /// What may explain it.
+        hint: String,
+    },
+    /// A weight tensor has a shape that disagrees with `config.json`.
+    #[error("tensor `{name}`: expected {expected:?}, found {found:?}; {hint}")]
+    ShapeMismatch {
+        /// Full Hugging Face parameter name.
+        name: String,
+        /// Shape implied by the config.
+        expected: Vec<usize>,
+        /// Shape in the checkpoint.
+        found: Vec<usize>,
+        /// Which config field to check.
+        hint: String,
+    },
+    /// A model id could not be resolved through the Hugging Face hub or its cache.
+    #[error("model `{id}`: {reason}")]
+    Hub {
+        /// The model id (`org/name`).
+        id: String,
+        /// What failed and what to do.
+        reason: String,
+    },
+    /// An argument or input value is invalid.
+    #[error("invalid {what}: {reason}")]
+    InvalidInput {
+        /// Which input (argument name, field, file).
+        what: String,
+        /// Why it is invalid and what is accepted.
+        reason: String,
+    },
+    /// Tokenizer failure (loading or encoding).
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Chat template failure.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// A tensor operation failed (usually a bug or an out-of-memory condition).
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An [`Error::InvalidInput`] with the given input name and reason.
+    pub fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// An [`Error::Malformed`] for a file.
+    pub fn malformed(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Malformed {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Reads a whole file, mapping a missing file to [`Error::MissingFile`] with `hint`.
+pub(crate) fn read_file(path: &std::path::Path, hint: &str) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::MissingFile {
+            path: path.to_path_buf(),
+            hint: hint.to_string(),
+        }),
+        Err(source) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}

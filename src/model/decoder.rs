@@ -1,0 +1,492 @@
+//! The hooked decoder: one implementation for Llama, Qwen2 and Mistral, read bottom-up
+//! (norm, rotary, linear, attention, MLP, layer, decoder), with named hook points.
+//!
+//! Only ops that have a backward pass are used, because the same code trains: an explicit
+//! RMSNorm (the fused `rms_norm` has no gradient), rotate-half rotary embeddings instead of the
+//! fused `rope`, and the composed `candle_nn::ops::softmax` instead of `softmax_last_dim`.
+//! Parameter names are Hugging Face's, so `model.layers.3.mlp.down_proj.weight` in a checkpoint
+//! is `layers[3].mlp.down_proj.weight` here.
+
+use super::activations::{Activations, Capture, HookPoint, LogitsMode};
+use super::config::{Config, RopeScaling};
+use super::modules::{ModuleId, ModuleKind};
+use super::weights::WeightSource;
+use crate::error::Result;
+use candle_core::{DType, Device, Tensor, D};
+
+/// `y = x @ weight.t() + bias`, for inputs `(b, t, in)` or `(n, in)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(w: &WeightSource, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = w.get("weight", &[out_dim, in_dim])?;
+        let bias = if bias { Some(w.get("bias", &[out_dim])?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim;
+        // One 2-D GEMM against the transposed view; no copy of the weight.
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().expect("non-empty dims") = self.weight.dim(0)?;
+        Ok(y.reshape(out)?)
+    }
+}
+
+/// RMSNorm computed in f32 as Hugging Face does: `w * (x / sqrt(mean(x^2) + eps))`.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(w: &WeightSource, dim: usize, eps: f64) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: w.get("weight", &[dim])?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(x.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// Rotary embedding frequencies, with Hugging Face's `linear` and `llama3` scaling.
+#[derive(Debug, Clone)]
+struct Rotary {
+    inv_freq: Vec<f32>,
+}
+
+impl Rotary {
+    fn new(cfg: &Config) -> Self {
+        let dim = cfg.head_dim;
+        let base: Vec<f64> = (0..dim / 2)
+            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64))
+            .collect();
+        let inv_freq = match cfg.rope_scaling {
+            RopeScaling::None => base,
+            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let old = original_max_position_embeddings as f64;
+                let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        };
+        Rotary {
+            inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(),
+        }
+    }
+
+    /// `(cos, sin)`, each `(t, head_dim)`, for positions `offset..offset + t`.
+    fn cos_sin(&self, offset: usize, t: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut freqs = Vec::with_capacity(t * 2 * half);
+        for p in offset..offset + t {
+            for _ in 0..2 {
+                freqs.extend(self.inv_freq.iter().map(|f| f * p as f32));
+            }
+        }
+        let freqs = Tensor::from_vec(freqs, (t, 2 * half), dev)?;
+        Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` for `x` of shape `(b, heads, t, head_dim)`.
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// Per-layer key/value cache for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Everything a layer's forward needs besides its input.
+struct ForwardCtx<'a> {
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    /// Additive masks, `(b, 1, t, total)`, one per distinct sliding window; `None` = no mask needed.
+    masks: &'a [(Option<usize>, Option<Tensor>)],
+    capture: &'a Capture,
+}
+
+impl ForwardCtx<'_> {
+    fn mask(&self, window: Option<usize>) -> Option<&Tensor> {
+        self.masks.iter().find(|(w, _)| *w == window).and_then(|(_, m)| m.as_ref())
+    }
+}
+
+/// Multi-head attention with grouped key/value heads.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(w: &WeightSource, cfg: &Config) -> Result<Self> {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        Ok(Attention {
+            q_proj: Linear::load(&w.pp("q_proj"), d, cfg.num_heads * hd, cfg.qkv_bias)?,
+            k_proj: Linear::load(&w.pp("k_proj"), d, cfg.num_kv_heads * hd, cfg.qkv_bias)?,
+            v_proj: Linear::load(&w.pp("v_proj"), d, cfg.num_kv_heads * hd, cfg.qkv_bias)?,
+            o_proj: Linear::load(&w.pp("o_proj"), cfg.num_heads * hd, d, cfg.o_bias)?,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: hd,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        window: Option<usize>,
+        ctx: &ForwardCtx,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        acts: &mut Activations,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let hd = self.head_dim;
+        let q = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Q), self.q_proj.forward(x)?);
+        let k = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::K), self.k_proj.forward(x)?);
+        let v = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::V), self.v_proj.forward(x)?);
+        let q = q.reshape((b, t, self.num_heads, hd))?.transpose(1, 2)?; // (b, heads, t, hd)
+        let k = k.reshape((b, t, self.num_kv_heads, hd))?.transpose(1, 2)?; // (b, kv, t, hd)
+        let v = v.reshape((b, t, self.num_kv_heads, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = apply_rotary(&q.contiguous()?, ctx.cos, ctx.sin)?;
+        let k = apply_rotary(&k.contiguous()?, ctx.cos, ctx.sin)?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let kv = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some(kv.clone());
+                kv
+            }
+            None => (k, v),
+        };
+        let n_rep = self.num_heads / self.num_kv_heads;
+        let k = candle_transformers::utils::repeat_kv(k, n_rep)?; // (b, heads, total, hd)
+        let v = candle_transformers::utils::repeat_kv(v, n_rep)?;
+        // Scores and softmax in f32, as HF's eager attention does.
+        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? / (hd as f64).sqrt())?; // (b, heads, t, total)
+        let scores = match ctx.mask(window) {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.num_heads * hd))?;
+        Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?))
+    }
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(w: &WeightSource, cfg: &Config) -> Result<Self> {
+        let (d, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Ok(Mlp {
+            gate_proj: Linear::load(&w.pp("gate_proj"), d, i, bias)?,
+            up_proj: Linear::load(&w.pp("up_proj"), d, i, bias)?,
+            down_proj: Linear::load(&w.pp("down_proj"), i, d, bias)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, layer: usize, ctx: &ForwardCtx, acts: &mut Activations) -> Result<Tensor> {
+        let gate = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Gate), self.gate_proj.forward(x)?);
+        let up = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Up), self.up_proj.forward(x)?);
+        let down = self.down_proj.forward(&(gate.silu()? * up)?)?;
+        Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Down), down))
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+    sliding_window: Option<usize>,
+}
+
+impl DecoderLayer {
+    fn load(w: &WeightSource, cfg: &Config, layer: usize) -> Result<Self> {
+        Ok(DecoderLayer {
+            input_layernorm: RmsNorm::load(&w.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            self_attn: Attention::load(&w.pp("self_attn"), cfg)?,
+            post_attention_layernorm: RmsNorm::load(&w.pp("post_attention_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            mlp: Mlp::load(&w.pp("mlp"), cfg)?,
+            sliding_window: cfg.sliding_window[layer],
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        ctx: &ForwardCtx,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        acts: &mut Activations,
+    ) -> Result<Tensor> {
+        let attn = self.self_attn.forward(&self.input_layernorm.forward(x)?, layer, self.sliding_window, ctx, cache, acts)?;
+        let attn = acts.keep(ctx.capture, HookPoint::AttnOut(layer), attn);
+        let x = (x + attn)?;
+        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, layer, ctx, acts)?;
+        let mlp = acts.keep(ctx.capture, HookPoint::MlpOut(layer), mlp);
+        Ok((x + mlp)?)
+    }
+}
+
+/// The decoder stack: embeddings, layers, final norm and LM head.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rotary: Rotary,
+    cfg: Config,
+}
+
+/// The input of a forward pass: right-padded token ids and each row's real length.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Token ids, `(b, t)`, u32.
+    pub input_ids: Tensor,
+    /// Real (unpadded) length of each row; all `t` when unpadded.
+    pub lengths: Vec<usize>,
+}
+
+impl Batch {
+    /// Right-pads `seqs` with `pad_id` into one batch.
+    ///
+    /// ```
+    /// use secure_tuning::model::Batch;
+    /// let b = Batch::from_sequences(&[vec![1, 2, 3], vec![4]], 0, &candle_core::Device::Cpu).unwrap();
+    /// assert_eq!(b.input_ids.dims(), &[2, 3]);
+    /// assert_eq!(b.lengths, vec![3, 1]);
+    /// ```
+    pub fn from_sequences(seqs: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<Self> {
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        if seqs.is_empty() || t == 0 {
+            return Err(crate::Error::invalid("batch", "no tokens to run; the input text is empty"));
+        }
+        let mut ids = Vec::with_capacity(seqs.len() * t);
+        for s in seqs {
+            ids.extend_from_slice(s);
+            ids.extend(std::iter::repeat_n(pad_id, t - s.len()));
+        }
+        Ok(Batch {
+            input_ids: Tensor::from_vec(ids, (seqs.len(), t), device)?,
+            lengths: seqs.iter().map(Vec::len).collect(),
+        })
+    }
+
+    /// A batch of one unpadded sequence.
+    pub fn single(ids: &[u32], device: &Device) -> Result<Self> {
+        Self::from_sequences(&[ids.to_vec()], 0, device)
+    }
+
+    fn is_padded(&self) -> Result<bool> {
+        let t = self.input_ids.dim(1)?;
+        Ok(self.lengths.iter().any(|&l| l != t))
+    }
+}
+
+impl Decoder {
+    /// Loads every parameter under the HF names, checking shapes against `cfg`.
+    pub fn load(w: &WeightSource, cfg: &Config) -> Result<Self> {
+        let m = w.pp("model");
+        let embed_tokens = m.pp("embed_tokens").get("weight", &[cfg.vocab_size, cfg.hidden_size])?;
+        let layers = (0..cfg.num_layers)
+            .map(|l| DecoderLayer::load(&m.pp("layers").pp(&l.to_string()), cfg, l))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            w.pp("lm_head").get("weight", &[cfg.vocab_size, cfg.hidden_size])?
+        };
+        Ok(Decoder {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary: Rotary::new(cfg),
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Runs the decoder on `batch`, keeping what `capture` asks for. With a `cache`, the batch
+    /// continues the cached sequence (positions start at the cache length) and is appended.
+    pub fn forward(&self, batch: &Batch, capture: &Capture, mut cache: Option<&mut KvCache>) -> Result<Activations> {
+        let (b, t) = batch.input_ids.dims2()?;
+        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize(self.layers.len(), None);
+        }
+        let dev = batch.input_ids.device();
+        let dtype = self.embed_tokens.dtype();
+        let (cos, sin) = self.rotary.cos_sin(offset, t, dtype, dev)?;
+        let mut windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.sliding_window).collect();
+        windows.dedup();
+        let masks = windows
+            .into_iter()
+            .map(|w| Ok((w, self.mask(batch, offset, w)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let ctx = ForwardCtx { cos: &cos, sin: &sin, masks: &masks, capture };
+        let mut acts = Activations::default();
+        let mut x = self.embed_tokens.embedding(&batch.input_ids.flatten_all()?)?.reshape((b, t, self.cfg.hidden_size))?;
+        x = acts.keep(capture, HookPoint::Embed, x);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            x = layer.forward(&x, l, &ctx, slot, &mut acts)?;
+            x = acts.keep(capture, HookPoint::ResidPost(l), x);
+        }
+        let x = acts.keep(capture, HookPoint::FinalNorm, self.norm.forward(&x)?);
+        acts.logits = match capture.logits {
+            LogitsMode::None => None,
+            LogitsMode::All => Some(self.head(&x)?),
+            LogitsMode::Last => {
+                let rows = batch
+                    .lengths
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &len)| x.get(i)?.get(len - 1))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Some(self.head(&Tensor::stack(&rows, 0)?)?) // (b, vocab)
+            }
+        };
+        Ok(acts)
+    }
+
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let d = dims[dims.len() - 1];
+        let y = x.reshape((x.elem_count() / d, d))?.matmul(&self.lm_head.t()?)?;
+        let mut out = dims;
+        *out.last_mut().expect("non-empty dims") = self.cfg.vocab_size;
+        Ok(y.reshape(out)?)
+    }
+
+    /// Additive mask `(b, 1, t, offset + t)` in f32 (0 = attend, `f32::MIN` = blocked), or `None`
+    /// when no position needs blocking (a single new token, unpadded, inside any window).
+    fn mask(&self, batch: &Batch, offset: usize, window: Option<usize>) -> Result<Option<Tensor>> {
+        let (b, t) = batch.input_ids.dims2()?;
+        let total = offset + t;
+        let window_bites = window.is_some_and(|w| total > w);
+        if t == 1 && !batch.is_padded()? && !window_bites {
+            return Ok(None);
+        }
+        let mut m = vec![0f32; b * t * total];
+        for (row, &len) in batch.lengths.iter().enumerate() {
+            for i in 0..t {
+                let q = offset + i;
+                for k in 0..total {
+                    let future = k > q;
+                    let outside = window.is_some_and(|w| q - k.min(q) >= w);
+                    let padding = k >= offset + len;
+                    if future || outside || padding {
+                        // Finite, as HF's `finfo.min`: a padding query outside every window
+                        // would otherwise be all -inf, softmax to NaN and leak NaN through V.
+                        m[(row * t + i) * total + k] = f32::MIN;
+                    }
+                }
+            }
+        }
+        Ok(Some(Tensor::from_vec(m, (b, 1, t, total), batch.input_ids.device())?))
+    }
+
+    /// The configuration the decoder was built with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+}
+
+/// Names of the parameter tensors belonging to a module, given the config.
+pub(crate) fn module_param_names(m: &ModuleId, cfg: &Config) -> Vec<String> {
+    let has_bias = match m.kind {
+        ModuleKind::Q | ModuleKind::K | ModuleKind::V => cfg.qkv_bias,
+        ModuleKind::O => cfg.o_bias,
+        _ => cfg.mlp_bias,
+    };
+    let mut names = vec![m.weight_name()];
+    if has_bias {
+        names.push(m.bias_name());
+    }
+    names
+}

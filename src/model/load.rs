@@ -1,0 +1,139 @@
+//! Where a model comes from: a local folder, or a Hugging Face hub id resolved through
+//! hf-hub's cache (honouring `HF_HOME` and `HF_HUB_OFFLINE`). Either way the result is a
+//! folder in Hugging Face layout that [`crate::Model::load_dir`] reads.
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Device};
+use std::path::{Path, PathBuf};
+
+/// How to load a model: revision (hub only), dtype and device.
+///
+/// ```
+/// use secure_tuning::model::LoadOptions;
+/// let opts = LoadOptions { revision: Some("main".into()), ..LoadOptions::default() };
+/// assert_eq!(opts.dtype(), candle_core::DType::F32); // f32 on CPU
+/// ```
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Hub revision (branch, tag or commit); `None` = `main`.
+    pub revision: Option<String>,
+    /// Weight dtype; `None` = f32 on CPU, bf16 on CUDA.
+    pub dtype: Option<DType>,
+    /// Where the weights live.
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { revision: None, dtype: None, device: Device::Cpu }
+    }
+}
+
+impl LoadOptions {
+    /// The dtype to load weights as.
+    pub fn dtype(&self) -> DType {
+        self.dtype.unwrap_or(if self.device.is_cpu() { DType::F32 } else { DType::BF16 })
+    }
+}
+
+/// Whether `HF_HUB_OFFLINE` asks for no network access (`1`, `true`, `yes`, `on`).
+pub fn hub_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
+
+/// Whether `id` looks like a hub id (`name` or `org/name`).
+pub fn is_hub_id(id: &str) -> bool {
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    match id.split_once('/') {
+        Some((org, name)) => ok(org) && ok(name) && !name.contains('/'),
+        None => ok(id),
+    }
+}
+
+const OPTIONAL_FILES: [&str; 3] = ["tokenizer_config.json", "chat_template.jinja", "generation_config.json"];
+
+/// Resolves hub `id` to a snapshot folder holding config, tokenizer and safetensors files,
+/// downloading what is missing unless `HF_HUB_OFFLINE` is set.
+pub fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
+    let revision = revision.unwrap_or("main").to_string();
+    let repo = hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, revision.clone());
+    let hub_err = |reason: String| Error::Hub { id: id.to_string(), reason };
+    if hub_offline() {
+        let cache = hf_hub::Cache::from_env();
+        let cached = cache.repo(repo.clone());
+        // A revision given as a commit hash has no refs/ entry; look in its snapshot directly.
+        let snapshot = cache.path().join(repo.folder_name()).join("snapshots").join(&revision);
+        let get = |f: &str| cached.get(f).or_else(|| Some(snapshot.join(f)).filter(|p| p.exists()));
+        let missing = |f: &str| {
+            hub_err(format!(
+                "`{f}` (revision `{revision}`) is not in the local cache `{}` and HF_HUB_OFFLINE=1 is set; \
+                 run once online, or pass a local folder instead",
+                cache.path().display()
+            ))
+        };
+        let config = get("config.json").ok_or_else(|| missing("config.json"))?;
+        get("tokenizer.json").ok_or_else(|| missing("tokenizer.json"))?;
+        let dir = config.parent().expect("a cached file has a parent").to_path_buf();
+        if get("model.safetensors.index.json").is_none() && get("model.safetensors").is_none() {
+            return Err(missing("model.safetensors"));
+        }
+        return Ok(dir);
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(false)
+        .build()
+        .map_err(|e| hub_err(format!("cannot start the hub client ({e})")))?;
+    let remote = api.repo(repo);
+    let fetch = |f: &str| {
+        remote.get(f).map_err(|e| {
+            hub_err(format!(
+                "cannot fetch `{f}` ({e}); check the id and your network, or set HF_HUB_OFFLINE=1 to use the \
+                 local cache, or pass a local folder"
+            ))
+        })
+    };
+    let config = fetch("config.json")?;
+    fetch("tokenizer.json")?;
+    for f in OPTIONAL_FILES {
+        let _ = remote.get(f); // absent for many models; load_dir copes
+    }
+    match remote.get("model.safetensors.index.json") {
+        Ok(index) => {
+            let text = crate::error::read_file(&index, "")?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::malformed(&index, e.to_string()))?;
+            let mut shards: Vec<&str> = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .map(|m| m.values().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            shards.sort();
+            shards.dedup();
+            for s in shards {
+                fetch(s)?;
+            }
+        }
+        Err(_) => {
+            fetch("model.safetensors")?;
+        }
+    }
+    Ok(config.parent().expect("a cached file has a parent").to_path_buf())
+}
+
+/// End-of-sequence ids from `generation_config.json`, if the folder has one.
+pub(crate) fn generation_eos_ids(dir: &Path) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let text = crate::error::read_file(&path, "")?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::malformed(&path, format!("not JSON ({e})")))?;
+    Ok(match json.get("eos_token_id") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        _ => vec![],
+    })
+}

@@ -1,0 +1,149 @@
+//! Named parameter tensors: loading safetensors (single or sharded), lookups by dotted path
+//! with shape checks, and atomic saving in Hugging Face layout.
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Parameter tensors by full Hugging Face name (`model.layers.0.self_attn.q_proj.weight`).
+pub type Weights = BTreeMap<String, Tensor>;
+
+/// A view of [`Weights`] under a dotted prefix; `pp` descends one segment, as candle's
+/// `VarBuilder` does, so each segment of a checkpoint name is written once.
+pub struct WeightSource<'a> {
+    weights: &'a Weights,
+    prefix: String,
+    origin: &'a Path,
+}
+
+impl<'a> WeightSource<'a> {
+    /// A root view; `origin` (the model folder) is named in errors.
+    pub fn new(weights: &'a Weights, origin: &'a Path) -> Self {
+        WeightSource { weights, prefix: String::new(), origin }
+    }
+
+    /// The view one segment deeper.
+    pub fn pp(&self, segment: &str) -> WeightSource<'a> {
+        let prefix = if self.prefix.is_empty() { segment.to_string() } else { format!("{}.{segment}", self.prefix) };
+        WeightSource { weights: self.weights, prefix, origin: self.origin }
+    }
+
+    /// The tensor `name` under this prefix, checked to have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let full = format!("{}.{name}", self.prefix);
+        let t = self.weights.get(&full).ok_or_else(|| Error::MissingTensor {
+            name: full.clone(),
+            path: self.origin.to_path_buf(),
+            hint: hint_for(&full).to_string(),
+        })?;
+        if t.dims() != shape {
+            return Err(Error::ShapeMismatch {
+                name: full.clone(),
+                expected: shape.to_vec(),
+                found: t.dims().to_vec(),
+                hint: hint_for(&full).to_string(),
+            });
+        }
+        Ok(t.clone())
+    }
+}
+
+/// Which config field usually explains a missing or misshapen tensor.
+fn hint_for(name: &str) -> &'static str {
+    if name.contains("k_proj") || name.contains("v_proj") {
+        "check `num_key_value_heads`, `head_dim` and `hidden_size` in config.json"
+    } else if name.contains("q_proj") || name.contains("o_proj") {
+        "check `num_attention_heads`, `head_dim` and `hidden_size` in config.json"
+    } else if name.contains("mlp") {
+        "check `intermediate_size` (and `mlp_bias`) in config.json"
+    } else if name.contains("embed_tokens") || name.contains("lm_head") {
+        "check `vocab_size`, `hidden_size` and `tie_word_embeddings` in config.json"
+    } else if name.ends_with(".bias") {
+        "check `attention_bias` in config.json"
+    } else {
+        "check `num_hidden_layers` and `hidden_size` in config.json"
+    }
+}
+
+/// The safetensors files of a model folder: `model.safetensors`, or the shards listed in
+/// `model.safetensors.index.json`. A folder with only pickled weights is refused.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = crate::error::read_file(&index, "")?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::malformed(&index, format!("not JSON ({e})")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::malformed(&index, "no `weight_map` object"))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|v| v.as_str())
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        if let Some(missing) = files.iter().find(|f| !f.exists()) {
+            return Err(Error::MissingFile {
+                path: missing.clone(),
+                hint: format!("it is listed in `{}`; the download may be incomplete", index.display()),
+            });
+        }
+        return Ok(files);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let pickles: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|source| Error::Io { path: dir.to_path_buf(), source })?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".bin") || n.ends_with(".pth") || n.ends_with(".pt"))
+        .collect();
+    if !pickles.is_empty() {
+        return Err(Error::PickleOnly { path: dir.to_path_buf(), found: pickles.join(", ") });
+    }
+    Err(Error::MissingFile {
+        path: single,
+        hint: "a model folder needs model.safetensors or model.safetensors.index.json".into(),
+    })
+}
+
+/// Loads every tensor of `files` onto `device` as `dtype`.
+pub fn load_safetensors(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Weights> {
+    let mut out = Weights::new();
+    for f in files {
+        // SAFETY: the file is memory-mapped read-only; it must not change while we load it,
+        // which holds for model folders and the hub cache.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
+            .map_err(|e| Error::malformed(f, format!("not a readable safetensors file ({e})")))?;
+        for (name, _) in st.tensors() {
+            let t = st.load(&name, device).map_err(|e| Error::malformed(f, format!("tensor `{name}`: {e}")))?;
+            let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
+            out.insert(name, t);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `weights` to `path` as safetensors, atomically (temp file, then rename), so an
+/// interrupted save never leaves a truncated checkpoint behind.
+pub fn save_safetensors(weights: &Weights, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("safetensors.tmp");
+    let tensors: Vec<(String, Tensor)> = weights
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.contiguous()?.detach())))
+        .collect::<Result<_>>()?;
+    candle_core::safetensors::save(&tensors.into_iter().collect(), &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+}
+
+/// Writes `bytes` to `path` atomically.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|source| Error::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+}
