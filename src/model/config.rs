@@ -152,10 +152,14 @@ pub struct Config {
 
 fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => {
-            a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
         }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }
@@ -190,7 +194,9 @@ impl Config {
         let bad = |reason: String| Error::malformed(path, reason);
         if let Some(act) = &hf.hidden_act {
             if act != "silu" {
-                return Err(bad(format!("hidden_act `{act}` is not supported (only silu)")));
+                return Err(bad(format!(
+                    "hidden_act `{act}` is not supported (only silu)"
+                )));
             }
         }
         for (name, v) in [
@@ -216,17 +222,19 @@ impl Config {
             None if hf.hidden_size % hf.num_attention_heads == 0 => {
                 hf.hidden_size / hf.num_attention_heads
             }
-            None => {
-                return Err(bad(format!(
-                    "hidden_size {} is not divisible by num_attention_heads {} and head_dim is unset",
-                    hf.hidden_size, hf.num_attention_heads
-                )))
-            }
+            None => return Err(bad(format!(
+                "hidden_size {} is not divisible by num_attention_heads {} and head_dim is unset",
+                hf.hidden_size, hf.num_attention_heads
+            ))),
         };
         if head_dim % 2 != 0 {
-            return Err(bad(format!("head_dim {head_dim} must be even for rotary embeddings")));
+            return Err(bad(format!(
+                "head_dim {head_dim} must be even for rotary embeddings"
+            )));
         }
-        let rope_scaling = parse_rope_scaling(hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref())).map_err(bad)?;
+        let rope_scaling =
+            parse_rope_scaling(hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref()))
+                .map_err(bad)?;
         let rope_theta = hf
             .rope_theta
             .or_else(|| hf.rope_parameters.as_ref()?.get("rope_theta")?.as_f64())
@@ -237,7 +245,9 @@ impl Config {
             // Qwen2 slides only when asked, and only from `max_window_layers` on (as HF does).
             Arch::Qwen2 if hf.use_sliding_window == Some(true) => {
                 let from = hf.max_window_layers.unwrap_or(n);
-                (0..n).map(|l| if l >= from { hf.sliding_window } else { None }).collect()
+                (0..n)
+                    .map(|l| if l >= from { hf.sliding_window } else { None })
+                    .collect()
             }
             _ => vec![None; n],
         };
@@ -341,13 +351,18 @@ mod tests {
     #[test]
     fn unknown_model_type_is_named_in_the_error() {
         let e = cfg(r#","model_type":"gpt2""#).unwrap_err().to_string();
-        assert!(e.contains("gpt2") && e.contains("llama, qwen2, mistral"), "{e}");
+        assert!(
+            e.contains("gpt2") && e.contains("llama, qwen2, mistral"),
+            "{e}"
+        );
     }
 
     #[test]
     fn llama3_rope_scaling_is_parsed() {
-        let c = cfg(r#","model_type":"llama","rope_scaling":{"rope_type":"llama3","factor":8.0,
-            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}"#)
+        let c = cfg(
+            r#","model_type":"llama","rope_scaling":{"rope_type":"llama3","factor":8.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}"#,
+        )
         .unwrap();
         assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
     }
@@ -359,7 +374,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.rope_theta, 500000.0);
         assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { .. }));
-        let d = cfg(r#","model_type":"qwen2","rope_parameters":{"rope_type":"default","rope_theta":1e6}"#).unwrap();
+        let d = cfg(
+            r#","model_type":"qwen2","rope_parameters":{"rope_type":"default","rope_theta":1e6}"#,
+        )
+        .unwrap();
         assert_eq!((d.rope_theta, d.rope_scaling), (1e6, RopeScaling::None));
     }
 

@@ -77,7 +77,10 @@ impl ModuleKind {
 
     /// True for q, k, v and o.
     pub fn is_attention(self) -> bool {
-        matches!(self, ModuleKind::Q | ModuleKind::K | ModuleKind::V | ModuleKind::O)
+        matches!(
+            self,
+            ModuleKind::Q | ModuleKind::K | ModuleKind::V | ModuleKind::O
+        )
     }
 }
 
@@ -96,7 +99,12 @@ impl FromStr for ModuleKind {
         ModuleKind::ALL
             .into_iter()
             .find(|k| k.short() == s)
-            .ok_or_else(|| Error::invalid("module kind", format!("`{s}`; expected one of q, k, v, o, gate, up, down")))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "module kind",
+                    format!("`{s}`; expected one of q, k, v, o, gate, up, down"),
+                )
+            })
     }
 }
 
@@ -163,10 +171,16 @@ impl FromStr for ModuleId {
         };
         if let Some(rest) = s.strip_prefix('L') {
             let (layer, kind) = rest.split_once('.').ok_or_else(bad)?;
-            return Ok(ModuleId::new(layer.parse().map_err(|_| bad())?, kind.parse().map_err(|_| bad())?));
+            return Ok(ModuleId::new(
+                layer.parse().map_err(|_| bad())?,
+                kind.parse().map_err(|_| bad())?,
+            ));
         }
         let s = s.strip_prefix("model.").unwrap_or(s);
-        let s = s.strip_suffix(".weight").or_else(|| s.strip_suffix(".bias")).unwrap_or(s);
+        let s = s
+            .strip_suffix(".weight")
+            .or_else(|| s.strip_suffix(".bias"))
+            .unwrap_or(s);
         let rest = s.strip_prefix("layers.").ok_or_else(bad)?;
         let (layer, seg) = rest.split_once('.').ok_or_else(bad)?;
         let kind = ModuleKind::ALL
@@ -235,7 +249,11 @@ impl ModuleSet {
     /// Every kind in the given layers.
     pub fn layers(range: std::ops::Range<usize>) -> Self {
         range
-            .flat_map(|l| ModuleKind::ALL.into_iter().map(move |k| ModuleId::new(l, k)))
+            .flat_map(|l| {
+                ModuleKind::ALL
+                    .into_iter()
+                    .map(move |k| ModuleId::new(l, k))
+            })
             .collect()
     }
 
@@ -314,7 +332,14 @@ mod tests {
 
     #[test]
     fn bad_module_ids_are_errors_not_panics() {
-        for s in ["", "L", "Lx.q", "L3.qq", "layers.3.attn.q", "layers.x.self_attn.q_proj"] {
+        for s in [
+            "",
+            "L",
+            "Lx.q",
+            "L3.qq",
+            "layers.3.attn.q",
+            "layers.x.self_attn.q_proj",
+        ] {
             assert!(s.parse::<ModuleId>().is_err(), "{s}");
         }
     }
