@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod display;
 pub mod error;
 pub mod model;
 
