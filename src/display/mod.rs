@@ -10,7 +10,10 @@ use crate::model::Model;
 /// assert_eq!(secure_tuning::display::escape_html("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
 /// ```
 pub fn escape_html(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Emits one HTML block and its plain-text fallback to the evcxr kernel.
@@ -35,10 +38,24 @@ impl Model {
             ("num_attention_heads", c.num_heads.to_string()),
             ("num_key_value_heads", c.num_kv_heads.to_string()),
             ("vocab_size", c.vocab_size.to_string()),
-            ("chat template", if self.tokenizer().has_own_template() { "own" } else { "fallback" }.to_string()),
+            (
+                "chat template",
+                if self.tokenizer().has_own_template() {
+                    "own"
+                } else {
+                    "fallback"
+                }
+                .to_string(),
+            ),
         ];
-        let table: String = rows.iter().map(|(k, v)| format!("<tr><td>{k}</td><td>{v}</td></tr>")).collect();
-        format!("<div><b>{}</b><table>{table}</table></div>", escape_html(&self.to_string()))
+        let table: String = rows
+            .iter()
+            .map(|(k, v)| format!("<tr><td>{k}</td><td>{v}</td></tr>"))
+            .collect();
+        format!(
+            "<div><b>{}</b><table>{table}</table></div>",
+            escape_html(&self.to_string())
+        )
     }
 
     /// Inline display in evcxr: the HTML card plus the one-line summary as text.

@@ -222,10 +222,12 @@ impl Config {
             None if hf.hidden_size % hf.num_attention_heads == 0 => {
                 hf.hidden_size / hf.num_attention_heads
             }
-            None => return Err(bad(format!(
+            None => {
+                return Err(bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {} and head_dim is unset",
                 hf.hidden_size, hf.num_attention_heads
-            ))),
+            )))
+            }
         };
         if head_dim % 2 != 0 {
             return Err(bad(format!(
