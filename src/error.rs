@@ -102,6 +102,21 @@ pub enum Error {
     /// Chat template failure.
     #[error("chat template: {0}")]
     Template(String),
+    /// Training produced a NaN or infinite loss; the update was not applied.
+    #[error(
+        "loss became {loss} at step {step} (lr {lr:.2e}); {kept}; try a lower learning rate or gradient clipping \
+         (clip norm 1.0)"
+    )]
+    NonFiniteLoss {
+        /// The loss value (NaN or inf).
+        loss: f32,
+        /// The 1-based step whose loss it was.
+        step: usize,
+        /// The learning rate at that step.
+        lr: f64,
+        /// Where the last good checkpoint is, in words.
+        kept: String,
+    },
     /// A tensor operation failed (usually a bug or an out-of-memory condition).
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

@@ -21,9 +21,13 @@
 
 #![warn(missing_docs)]
 
+pub mod data;
 pub mod display;
 pub mod error;
+pub mod eval;
 pub mod model;
+pub mod recipe;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use model::Model;

@@ -5,8 +5,13 @@
 
 use candle_core::Tensor;
 use clap::{Args, Parser, Subcommand};
+use secure_tuning::data::{load_records, Record};
+use secure_tuning::eval::{evaluate, EvalConfig};
 use secure_tuning::prelude::*;
+use secure_tuning::recipe::Recipe;
+use secure_tuning::tune::{encode_examples, train, TrainConfig};
 use serde_json::json;
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +30,94 @@ enum Command {
     Forward(ForwardArgs),
     /// Chat with a model: render the prompt with its chat template and generate a reply.
     Chat(ChatArgs),
+    /// Refusal rates on harmful / harmless requests and exact-match task accuracy.
+    Eval(EvalArgs),
+    /// Plain (vanilla) fine-tuning on a JSONL file; saves a loadable model folder.
+    Tune(TuneArgs),
+    /// Rebuild the embedded default model and its datasets from the project's seeded recipe.
+    BuildDefault(BuildArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Harmful requests (JSONL/JSON/CSV with `instruction` or `goal`); default: the default model's held-out set.
+    #[arg(long)]
+    harmful: Option<PathBuf>,
+    /// Harmless requests; default: the held-out harmless twins.
+    #[arg(long)]
+    harmless: Option<PathBuf>,
+    /// Tasks with reference `output`s, scored by exact match; default: the held-out benign tasks.
+    #[arg(long)]
+    tasks: Option<PathBuf>,
+    /// Use only records whose `split` is this (e.g. `eval`); the default sets always use `eval`.
+    #[arg(long)]
+    split: Option<String>,
+    /// Evaluate at most this many records per set.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Token budget per response.
+    #[arg(long, default_value_t = 24)]
+    max_new_tokens: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TuneArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Training data (JSONL/JSON/CSV with `instruction` and `output`); records with split `eval` are skipped.
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to save the tuned model (a Hugging Face folder).
+    #[arg(long)]
+    out: PathBuf,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    /// Passes over the data (ignored with --steps).
+    #[arg(long, default_value_t = 1.0)]
+    epochs: f64,
+    /// Optimizer steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Examples per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Data-order seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Longest sequence in tokens.
+    #[arg(long, default_value_t = 256)]
+    max_len: usize,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    clip_norm: f64,
+    /// Checkpoint folder (resumed from if it holds a checkpoint).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Stop (and checkpoint) after this many seconds; run again to resume.
+    #[arg(long)]
+    time_budget: Option<f64>,
+    /// Print the training report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Output model folder.
+    #[arg(long, default_value = "data/models/default")]
+    out: PathBuf,
+    /// Where the generated datasets go.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// The scaled-down recipe (tiny model, seconds) used by tests and CI.
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(Args)]
@@ -157,11 +250,119 @@ fn chat(args: ChatArgs) -> Result<()> {
     Ok(())
 }
 
+fn load_set(
+    path: &Option<PathBuf>,
+    default_file: &str,
+    split: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Vec<Record>> {
+    let (path, split) = match path {
+        Some(p) => (p.clone(), split),
+        None => (
+            secure_tuning::recipe::default_data_dir().join(default_file),
+            Some("eval"),
+        ),
+    };
+    let mut records = load_records(&path)?;
+    if let Some(s) = split {
+        records.retain(|r| r.split == s);
+    }
+    records.truncate(limit.unwrap_or(usize::MAX));
+    Ok(records)
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let model = args.model.load()?;
+    let split = args.split.as_deref();
+    let harmful = load_set(&args.harmful, "harmful.jsonl", split, args.limit)?;
+    let harmless = load_set(&args.harmless, "harmless.jsonl", split, args.limit)?;
+    let tasks = load_set(&args.tasks, "tasks.jsonl", split, args.limit)?;
+    let cfg = EvalConfig {
+        max_new_tokens: args.max_new_tokens,
+        ..EvalConfig::default()
+    };
+    let report = evaluate(&model, &harmful, &harmless, &tasks, &cfg)?;
+    if args.json {
+        let mut v = serde_json::to_value(&report).expect("report serialises");
+        v.as_object_mut().expect("object").remove("samples");
+        println!("{v}");
+    } else {
+        println!("{model}");
+        println!("{report}");
+    }
+    Ok(())
+}
+
+fn tune(args: TuneArgs) -> Result<()> {
+    let mut model = args.model.load()?;
+    let mut records = load_records(&args.data)?;
+    records.retain(|r| r.split != "eval");
+    if records.iter().all(|r| r.output.is_empty()) {
+        return Err(Error::invalid(
+            format!("--data {}", args.data.display()),
+            "no record has an `output` to learn",
+        ));
+    }
+    let examples = encode_examples(&model, &records, args.max_len)?;
+    let cfg = TrainConfig {
+        lr: args.lr,
+        epochs: args.epochs,
+        max_steps: args.steps,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        clip_norm: (args.clip_norm > 0.0).then_some(args.clip_norm),
+        resume: args.checkpoint_dir.is_some(),
+        checkpoint_dir: args.checkpoint_dir.clone(),
+        time_budget: args.time_budget.map(std::time::Duration::from_secs_f64),
+        log_every_secs: if args.json { None } else { Some(5.0) },
+        ..TrainConfig::default()
+    };
+    let report = train(&mut model, &examples, &cfg)?;
+    model.save_dir(&args.out)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("report serialises")
+        );
+    } else {
+        println!(
+            "trained {}/{} steps on {} examples, final loss {:.4}, {:.0}s; saved to {}",
+            report.steps,
+            report.total_steps,
+            examples.len(),
+            report.recent_loss(10),
+            report.seconds,
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn build_default(args: BuildArgs) -> Result<()> {
+    let recipe = if args.quick {
+        Recipe::quick()
+    } else {
+        Recipe::default()
+    };
+    let report = secure_tuning::recipe::build_default(&recipe, &args.data_dir, &args.out)?;
+    println!(
+        "built {} ({} params) in {:.0}s: {}",
+        args.out.display(),
+        report.num_params,
+        report.seconds,
+        report.eval
+    );
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Forward(a) => forward(a),
         Command::Chat(a) => chat(a),
+        Command::Eval(a) => eval(a),
+        Command::Tune(a) => tune(a),
+        Command::BuildDefault(a) => build_default(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -60,13 +60,16 @@ impl fmt::Display for HookPoint {
 }
 
 /// Which logits a forward pass computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum LogitsMode {
     /// Every position: `(b, t, vocab)`.
     #[default]
     All,
     /// The last real token of each row: `(b, vocab)`.
     Last,
+    /// Only these rows of the flattened `(b * t)` positions: `(n, vocab)`. Training uses it to
+    /// skip the LM head on prompt and padding positions.
+    Rows(Vec<u32>),
     /// No logits (feature extraction only).
     None,
 }

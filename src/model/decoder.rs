@@ -512,7 +512,7 @@ impl Decoder {
             x = acts.keep(capture, HookPoint::ResidPost(l), x);
         }
         let x = acts.keep(capture, HookPoint::FinalNorm, self.norm.forward(&x)?);
-        acts.logits = match capture.logits {
+        acts.logits = match &capture.logits {
             LogitsMode::None => None,
             LogitsMode::All => Some(self.head(&x)?),
             LogitsMode::Last => {
@@ -523,6 +523,11 @@ impl Decoder {
                     .map(|(i, &len)| x.get(i)?.get(len - 1))
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 Some(self.head(&Tensor::stack(&rows, 0)?)?) // (b, vocab)
+            }
+            LogitsMode::Rows(rows) => {
+                let index = Tensor::new(rows.as_slice(), dev)?;
+                let flat = x.reshape((b * t, self.cfg.hidden_size))?;
+                Some(self.head(&flat.index_select(&index, 0)?)?) // (n, vocab)
             }
         };
         Ok(acts)

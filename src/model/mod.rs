@@ -18,7 +18,7 @@ pub use decoder::{Batch, Decoder, KvCache};
 pub use generate::{GenerateOptions, Sampling};
 pub use load::{hub_offline, is_hub_id, LoadOptions};
 pub use modules::{ModuleId, ModuleKind, ModuleSet};
-pub use weights::Weights;
+pub use weights::{load_tensors, save_safetensors, write_atomic, Weights};
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Var};
@@ -60,10 +60,16 @@ impl Model {
     /// [`Model::load`] with a revision, dtype and device.
     pub fn load_with(name: &str, opts: &LoadOptions) -> Result<Self> {
         if name == "default" {
-            return Err(Error::invalid(
-                "model `default`",
-                "the embedded default model is not built yet in this version; pass a model folder or a hub id",
-            ));
+            let dir = crate::recipe::default_model_dir();
+            if !dir.join("model.safetensors").exists() {
+                return Err(Error::MissingFile {
+                    path: dir,
+                    hint: "the embedded default model is missing; rebuild it with `secure-tuning build-default`".into(),
+                });
+            }
+            let mut model = Self::load_dir_with(&dir, opts)?;
+            model.name = "default".into();
+            return Ok(model);
         }
         let path = Path::new(name);
         if path.is_dir() {

@@ -174,9 +174,13 @@ pub fn save_safetensors(weights: &Weights, path: &Path) -> Result<()> {
     })
 }
 
-/// Writes `bytes` to `path` atomically.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+/// Writes `bytes` to `path` atomically (a temp file beside it, then a rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!("{name}.tmp"));
     std::fs::write(&tmp, bytes).map_err(|source| Error::Io {
         path: tmp.clone(),
         source,
@@ -185,4 +189,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Reads every tensor of one safetensors file, keeping stored dtypes.
+pub fn load_tensors(path: &Path, device: &Device) -> Result<Weights> {
+    let map = candle_core::safetensors::load(path, device)
+        .map_err(|e| Error::malformed(path, format!("not a readable safetensors file ({e})")))?;
+    Ok(map.into_iter().collect())
 }

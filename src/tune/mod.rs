@@ -1,0 +1,14 @@
+//! Fine-tuning: one trainer for every strategy ([`train`]), its optimizer, schedule and
+//! checkpoints. Strategies (plain IFT now; ML-LR, SWAT and the controls build on
+//! [`LrGroup`]s) only decide which parameters get which learning-rate scale.
+
+mod optim;
+mod schedule;
+mod trainer;
+
+pub use optim::{AdamW, AdamWParams};
+pub use schedule::Schedule;
+pub use trainer::{
+    checkpoint, clip_global_norm, encode_examples, train, Example, LrGroup, TrainConfig,
+    TrainReport,
+};

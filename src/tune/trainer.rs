@@ -1,0 +1,592 @@
+//! The one training loop every strategy uses: response-only loss, padded batches, AdamW with
+//! per-group learning rates, warm-up + cosine schedule, global gradient clipping, seeded
+//! shuffling, a progress line every few seconds, step and time budgets, atomic checkpoints with
+//! resume, and a hard stop on a NaN/inf loss.
+
+use super::optim::{AdamW, AdamWParams};
+use super::schedule::Schedule;
+use crate::data::{Record, Rng};
+use crate::error::{Error, Result};
+use crate::model::{Batch, Capture, LogitsMode, Message, Model};
+use candle_core::{DType, Tensor, D};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A tokenised training example: the loss covers positions `loss_start..` (the response and
+/// the end-of-turn token), never the prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    /// Prompt and response token ids.
+    pub ids: Vec<u32>,
+    /// Index of the first response token.
+    pub loss_start: usize,
+}
+
+/// Tokenises records with the model's chat template: the prompt is the user turn plus the
+/// assistant header; the response is what the template writes for the assistant turn
+/// (so it ends with the template's own end-of-turn token). Examples longer than `max_len`
+/// tokens are cut at `max_len`.
+pub fn encode_examples(model: &Model, records: &[Record], max_len: usize) -> Result<Vec<Example>> {
+    let tok = model.tokenizer();
+    records
+        .iter()
+        .map(|r| {
+            let user = r.messages();
+            let prompt = tok.encode_chat(&user, true)?;
+            let mut full_msgs = user.clone();
+            full_msgs.push(Message::assistant(r.output.clone()));
+            let full = tok.encode_chat(&full_msgs, false)?;
+            let mut ids = if full.starts_with(&prompt) && full.len() > prompt.len() {
+                full
+            } else {
+                // The template's full render does not extend the prompt token-wise (rare
+                // merges at the boundary): append the response and an EOS instead.
+                let mut ids = prompt.clone();
+                ids.extend(tok.encode(&r.output, false)?);
+                ids.extend(model.eos_ids().first());
+                ids
+            };
+            // Drop what the template writes after the end-of-turn token (e.g. a newline).
+            if let Some(end) = ids[prompt.len()..]
+                .iter()
+                .position(|t| model.eos_ids().contains(t))
+            {
+                ids.truncate(prompt.len() + end + 1);
+            }
+            ids.truncate(max_len);
+            if ids.len() <= prompt.len() {
+                return Err(Error::invalid(
+                    "training record",
+                    format!(
+                        "{:?}: the prompt alone fills max_len {max_len}; raise max_len",
+                        r.instruction
+                    ),
+                ));
+            }
+            Ok(Example {
+                ids,
+                loss_start: prompt.len(),
+            })
+        })
+        .collect()
+}
+
+/// Parameters trained at `lr_scale` times the scheduled learning rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LrGroup {
+    /// A name for logs and reports (`robust`, `rest`, `all`).
+    pub name: String,
+    /// HF names of the parameter tensors in the group.
+    pub params: Vec<String>,
+    /// Multiplier of the scheduled LR; 0 freezes the group (its tensors stay bit-identical).
+    pub lr_scale: f64,
+}
+
+/// Training settings. `Default` is a sensible small run; change fields with struct update.
+///
+/// ```
+/// use secure_tuning::tune::TrainConfig;
+/// let cfg = TrainConfig { lr: 1e-4, max_steps: Some(50), ..TrainConfig::default() };
+/// assert_eq!(cfg.batch_size, 16);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Passes over the data (used when `max_steps` is `None`).
+    pub epochs: f64,
+    /// Optimizer steps; overrides `epochs`.
+    pub max_steps: Option<usize>,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Warm-up as a share of the steps.
+    pub warmup_ratio: f64,
+    /// Final LR as a share of the peak.
+    pub min_lr_ratio: f64,
+    /// AdamW decoupled weight decay (matrices only).
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; `None` = no clipping.
+    pub clip_norm: Option<f64>,
+    /// Seed for the data order.
+    pub seed: u64,
+    /// LR groups; empty = every parameter at scale 1.
+    pub groups: Vec<LrGroup>,
+    /// Where checkpoints go; `None` = no checkpoints.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Steps between checkpoints (a final one is always written).
+    pub checkpoint_every: usize,
+    /// Continue from the latest checkpoint in `checkpoint_dir`, if any.
+    pub resume: bool,
+    /// Stop (after checkpointing) once this much wall time has passed in this call.
+    pub time_budget: Option<Duration>,
+    /// Stop (after checkpointing) once this call has taken this many steps.
+    pub step_budget: Option<usize>,
+    /// Seconds between progress lines; `None` = silent.
+    pub log_every_secs: Option<f64>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            lr: 3e-4,
+            epochs: 1.0,
+            max_steps: None,
+            batch_size: 16,
+            grad_accum: 1,
+            warmup_ratio: 0.05,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.0,
+            clip_norm: Some(1.0),
+            seed: 0,
+            groups: vec![],
+            checkpoint_dir: None,
+            checkpoint_every: 200,
+            resume: false,
+            time_budget: None,
+            step_budget: None,
+            log_every_secs: Some(5.0),
+        }
+    }
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// Steps completed in total (including before a resume).
+    pub steps: usize,
+    /// Steps the plan asked for.
+    pub total_steps: usize,
+    /// `(step, mean response-token loss)` for every step.
+    pub losses: Vec<(usize, f32)>,
+    /// `(step, lr)` of the base schedule for every step.
+    pub lrs: Vec<(usize, f64)>,
+    /// Response tokens trained on.
+    pub tokens: usize,
+    /// Wall seconds spent (this call and before a resume).
+    pub seconds: f64,
+    /// Whether the plan ran to its last step (false: stopped by a time or step budget).
+    pub finished: bool,
+}
+
+impl TrainReport {
+    /// Mean loss over the last `n` steps.
+    pub fn recent_loss(&self, n: usize) -> f32 {
+        let tail = &self.losses[self.losses.len().saturating_sub(n)..];
+        tail.iter().map(|(_, l)| l).sum::<f32>() / tail.len().max(1) as f32
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct TrainerState {
+    report: TrainReport,
+    config: TrainConfig,
+}
+
+/// Trains `model` in place on `examples` as `cfg` says and returns the report.
+///
+/// ```no_run
+/// # use secure_tuning::{Model, data::Record, tune::{encode_examples, train, TrainConfig}};
+/// let mut model = Model::load("default")?;
+/// let ex = encode_examples(&model, &[Record::new("What is 2 plus 2?", "4")], 64)?;
+/// let report = train(&mut model, &ex, &TrainConfig { max_steps: Some(3), ..Default::default() })?;
+/// assert_eq!(report.steps, 3);
+/// # Ok::<(), secure_tuning::Error>(())
+/// ```
+pub fn train(model: &mut Model, examples: &[Example], cfg: &TrainConfig) -> Result<TrainReport> {
+    validate(cfg, examples)?;
+    let groups = if cfg.groups.is_empty() {
+        vec![LrGroup {
+            name: "all".into(),
+            params: model.weights().keys().cloned().collect(),
+            lr_scale: 1.0,
+        }]
+    } else {
+        cfg.groups.clone()
+    };
+    let mut scale: BTreeMap<String, f64> = BTreeMap::new();
+    for g in &groups {
+        for p in &g.params {
+            if !model.weights().contains_key(p) {
+                return Err(Error::invalid(
+                    "LR group",
+                    format!("`{}` names `{p}`, which is not a parameter", g.name),
+                ));
+            }
+            if scale.insert(p.clone(), g.lr_scale).is_some() {
+                return Err(Error::invalid(
+                    "LR group",
+                    format!("`{p}` is in more than one group"),
+                ));
+            }
+        }
+    }
+    // Frozen (scale 0) parameters never become Vars, so they cannot change.
+    let trainable: Vec<String> = scale
+        .iter()
+        .filter(|(_, &s)| s > 0.0)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let vars = model.make_trainable(&trainable)?;
+    let mut opt = AdamW::new(
+        &vars,
+        AdamWParams {
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+
+    let per_step = cfg.batch_size * cfg.grad_accum;
+    let total_steps = cfg.max_steps.unwrap_or_else(|| {
+        ((cfg.epochs * examples.len() as f64) / per_step as f64)
+            .ceil()
+            .max(1.0) as usize
+    });
+    let schedule = Schedule {
+        warmup_steps: ((total_steps as f64 * cfg.warmup_ratio).round() as usize).max(1),
+        total_steps,
+        min_ratio: cfg.min_lr_ratio,
+    };
+    let mut report = TrainReport {
+        steps: 0,
+        total_steps,
+        losses: vec![],
+        lrs: vec![],
+        tokens: 0,
+        seconds: 0.0,
+        finished: false,
+    };
+    if cfg.resume {
+        if let Some(dir) = &cfg.checkpoint_dir {
+            if let Some(state) = checkpoint::restore(dir, model, &mut opt, &vars)? {
+                if state.report.total_steps != total_steps {
+                    return Err(Error::invalid(
+                        "resume",
+                        format!(
+                            "the checkpoint in `{}` belongs to a {}-step plan, this one has {total_steps} steps; \
+                             use the same settings or another checkpoint dir",
+                            dir.display(),
+                            state.report.total_steps
+                        ),
+                    ));
+                }
+                report = state.report;
+            }
+        }
+    }
+    print_plan(&groups, model, cfg.log_every_secs.is_some());
+
+    let order = DataOrder::new(examples.len(), cfg.batch_size, cfg.seed);
+    let start = Instant::now();
+    let seconds_before = report.seconds;
+    let mut last_log = Instant::now();
+    let mut last_ckpt: Option<PathBuf> = cfg
+        .checkpoint_dir
+        .as_ref()
+        .and_then(|d| checkpoint::latest(d));
+    let first_step = report.steps;
+    while report.steps < total_steps {
+        let step = report.steps;
+        let lr = cfg.lr * schedule.factor(step);
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut step_loss = 0f32;
+        for micro in 0..cfg.grad_accum {
+            let rows = order.batch(step * cfg.grad_accum + micro);
+            let batch: Vec<&Example> = rows.iter().map(|&i| &examples[i]).collect();
+            let (loss, n_tokens) = response_loss(model, &batch)?;
+            let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            if !value.is_finite() {
+                let kept = match &last_ckpt {
+                    Some(p) => format!("last good checkpoint kept at `{}`", p.display()),
+                    None => "no checkpoint was written (set a checkpoint dir to keep one)".into(),
+                };
+                return Err(Error::NonFiniteLoss {
+                    loss: value,
+                    step: step + 1,
+                    lr,
+                    kept,
+                });
+            }
+            step_loss += value / cfg.grad_accum as f32;
+            report.tokens += n_tokens;
+            let g = (loss / cfg.grad_accum as f64)?.backward()?;
+            for (name, var) in &vars {
+                if let Some(gv) = g.get(var.as_tensor()) {
+                    let sum = match grads.remove(name) {
+                        Some(prev) => (prev + gv)?,
+                        None => gv.clone(),
+                    };
+                    grads.insert(name.clone(), sum);
+                }
+            }
+        }
+        if let Some(max_norm) = cfg.clip_norm {
+            clip_global_norm(&mut grads, max_norm)?;
+        }
+        opt.step(&grads, |name| lr * scale[name])?;
+        report.steps += 1;
+        report.losses.push((report.steps, step_loss));
+        report.lrs.push((report.steps, lr));
+        report.seconds = seconds_before + start.elapsed().as_secs_f64();
+        let out_of_time = cfg.time_budget.is_some_and(|b| start.elapsed() >= b)
+            || cfg
+                .step_budget
+                .is_some_and(|b| report.steps - first_step >= b);
+        let done = report.steps == total_steps;
+        report.finished = done;
+        if let Some(dir) = &cfg.checkpoint_dir {
+            if done || out_of_time || report.steps % cfg.checkpoint_every.max(1) == 0 {
+                let state = TrainerState {
+                    report: report.clone(),
+                    config: cfg.clone(),
+                };
+                last_ckpt = Some(checkpoint::save(dir, model, &opt, &state)?);
+            }
+        }
+        if let Some(every) = cfg.log_every_secs {
+            if done || last_log.elapsed().as_secs_f64() >= every {
+                last_log = Instant::now();
+                let rate = report.tokens as f64 / report.seconds.max(1e-9);
+                println!(
+                    "step {}/{} loss {:.4} lr {:.2e} {:.0} tok/s {:.0}s",
+                    report.steps,
+                    total_steps,
+                    report.recent_loss(10),
+                    lr,
+                    rate,
+                    report.seconds
+                );
+            }
+        }
+        if out_of_time && !done {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+fn validate(cfg: &TrainConfig, examples: &[Example]) -> Result<()> {
+    let bad = |what: &str, why: String| Err(Error::invalid(what, why));
+    if examples.is_empty() {
+        return bad("training data", "no examples".into());
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+        return bad(
+            "learning rate",
+            format!("{} must be a positive number", cfg.lr),
+        );
+    }
+    if cfg.batch_size == 0 || cfg.grad_accum == 0 {
+        return bad(
+            "batch",
+            "batch size and gradient accumulation must be at least 1".into(),
+        );
+    }
+    if cfg.max_steps == Some(0)
+        || (cfg.max_steps.is_none()
+            && cfg.epochs.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+    {
+        return bad(
+            "training length",
+            "need max_steps >= 1 or epochs > 0".into(),
+        );
+    }
+    if let Some(g) = cfg
+        .groups
+        .iter()
+        .find(|g| !(g.lr_scale >= 0.0 && g.lr_scale.is_finite()))
+    {
+        return bad(
+            "LR group",
+            format!("`{}` has scale {}; scales must be >= 0", g.name, g.lr_scale),
+        );
+    }
+    if cfg
+        .clip_norm
+        .is_some_and(|c| c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+    {
+        return bad("clip norm", "must be positive".into());
+    }
+    Ok(())
+}
+
+/// Before step 1: each group's tensor and parameter count.
+fn print_plan(groups: &[LrGroup], model: &Model, verbose: bool) {
+    if !verbose {
+        return;
+    }
+    for g in groups {
+        let n: usize = g
+            .params
+            .iter()
+            .map(|p| model.weights()[p].elem_count())
+            .sum();
+        println!(
+            "group {:<8} lr x{:<5} {:>4} tensors {:>10} params",
+            g.name,
+            g.lr_scale,
+            g.params.len(),
+            n
+        );
+    }
+}
+
+/// Mean cross-entropy over the response tokens of a right-padded batch, and their count.
+fn response_loss(model: &Model, batch: &[&Example]) -> Result<(Tensor, usize)> {
+    let seqs: Vec<Vec<u32>> = batch.iter().map(|e| e.ids.clone()).collect();
+    let input = Batch::from_sequences(&seqs, 0, model.device())?;
+    let t = input.input_ids.dim(1)?;
+    // Position p predicts token p + 1; keep the positions whose target is a response token.
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    for (b, e) in batch.iter().enumerate() {
+        for p in e.loss_start.saturating_sub(1)..e.ids.len() - 1 {
+            rows.push((b * t + p) as u32);
+            targets.push(e.ids[p + 1]);
+        }
+    }
+    let n = targets.len();
+    let capture = Capture::logits().with_logits(LogitsMode::Rows(rows));
+    let logits = model
+        .forward_train(&input, &capture)?
+        .logits()?
+        .to_dtype(DType::F32)?; // (n, vocab)
+    let targets = Tensor::new(targets.as_slice(), model.device())?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?; // (n, 1)
+    Ok(((picked.sum_all()? / n as f64)?.neg()?, n))
+}
+
+/// Scales all gradients so their global L2 norm is at most `max_norm`; returns the norm.
+pub fn clip_global_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
+    let mut sq = 0f64;
+    for g in grads.values() {
+        sq += g
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
+    }
+    let norm = sq.sqrt();
+    if norm > max_norm {
+        let s = max_norm / (norm + 1e-6);
+        for g in grads.values_mut() {
+            *g = (&*g * s)?;
+        }
+    }
+    Ok(norm)
+}
+
+/// Which examples form micro-batch `k`: each epoch is a fresh seeded shuffle, so the order is a
+/// pure function of (seed, k) and a resumed run sees exactly the batches it would have seen.
+struct DataOrder {
+    n: usize,
+    batch_size: usize,
+    seed: u64,
+}
+
+impl DataOrder {
+    fn new(n: usize, batch_size: usize, seed: u64) -> Self {
+        DataOrder {
+            n,
+            batch_size: batch_size.min(n),
+            seed,
+        }
+    }
+
+    fn batch(&self, k: usize) -> Vec<usize> {
+        let per_epoch = self.n / self.batch_size;
+        let (epoch, i) = (k / per_epoch, k % per_epoch);
+        let mut perm: Vec<usize> = (0..self.n).collect();
+        Rng::new(self.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64)).shuffle(&mut perm);
+        perm[i * self.batch_size..(i + 1) * self.batch_size].to_vec()
+    }
+}
+
+/// Checkpoints: `DIR/step-NNNNNN/` is a loadable model folder plus `optimizer.safetensors` and
+/// `trainer_state.json`; `DIR/latest` names the newest. Each is written to a temp path and
+/// renamed, so a crash never leaves a half-written checkpoint as `latest`.
+pub mod checkpoint {
+    use super::*;
+
+    /// The newest complete checkpoint in `dir`, if any.
+    pub fn latest(dir: &Path) -> Option<PathBuf> {
+        let name = std::fs::read_to_string(dir.join("latest")).ok()?;
+        let p = dir.join(name.trim());
+        p.is_dir().then_some(p)
+    }
+
+    pub(super) fn save(
+        dir: &Path,
+        model: &Model,
+        opt: &AdamW,
+        state: &TrainerState,
+    ) -> Result<PathBuf> {
+        let name = format!("step-{:06}", state.report.steps);
+        let final_dir = dir.join(&name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        model.save_dir(&tmp)?;
+        crate::model::save_safetensors(&opt.state(), &tmp.join("optimizer.safetensors"))?;
+        let json = serde_json::to_vec_pretty(state).expect("state serialises");
+        crate::model::write_atomic(&tmp.join("trainer_state.json"), &json)?;
+        let _ = std::fs::remove_dir_all(&final_dir);
+        std::fs::rename(&tmp, &final_dir).map_err(|source| Error::Io {
+            path: final_dir.clone(),
+            source,
+        })?;
+        let previous = latest(dir);
+        crate::model::write_atomic(&dir.join("latest"), name.as_bytes())?;
+        // Keep the newest two, so a checkpoint that turns out bad still has a predecessor.
+        if let Some(prev) = previous {
+            let mut all: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|source| Error::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_dir()
+                        && p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+                })
+                .filter(|p| p.extension().is_none())
+                .collect();
+            all.sort();
+            for old in all.iter().filter(|p| **p != prev && **p != final_dir) {
+                let _ = std::fs::remove_dir_all(old);
+            }
+        }
+        Ok(final_dir)
+    }
+
+    pub(super) fn restore(
+        dir: &Path,
+        model: &Model,
+        opt: &mut AdamW,
+        vars: &[(String, candle_core::Var)],
+    ) -> Result<Option<TrainerState>> {
+        let Some(ckpt) = latest(dir) else {
+            return Ok(None);
+        };
+        let state_path = ckpt.join("trainer_state.json");
+        let text = crate::error::read_file(&state_path, "the checkpoint is incomplete")?;
+        let state: TrainerState = serde_json::from_str(&text)
+            .map_err(|e| Error::malformed(&state_path, e.to_string()))?;
+        let weights = crate::model::load_tensors(&ckpt.join("model.safetensors"), model.device())?;
+        for (name, var) in vars {
+            let w = weights.get(name).ok_or_else(|| Error::MissingTensor {
+                name: name.clone(),
+                path: ckpt.clone(),
+                hint: "the checkpoint was written by a run training other parameters".into(),
+            })?;
+            var.set(&w.to_dtype(var.dtype())?)?;
+        }
+        let opt_state =
+            crate::model::load_tensors(&ckpt.join("optimizer.safetensors"), model.device())?;
+        opt.load_state(&opt_state, state.report.steps)?;
+        Ok(Some(state))
+    }
+}

@@ -1,0 +1,253 @@
+//! The base trainer: loss goes down, resume is bit-identical, NaN stops the run and keeps the
+//! last good checkpoint, frozen groups stay bit-identical. Run with `cargo test --release`.
+
+use secure_tuning::data::Record;
+use secure_tuning::prelude::*;
+use secure_tuning::tune::{checkpoint, encode_examples, train, Example, LrGroup, TrainConfig};
+
+fn fixture() -> Model {
+    Model::load_dir(format!(
+        "{}/tests/fixtures/llama3",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn examples(model: &Model) -> Vec<Example> {
+    let records: Vec<Record> = (0..24)
+        .map(|i| {
+            Record::new(
+                format!("What is {i} plus {i}?"),
+                format!("{} is the answer.", 2 * i),
+            )
+        })
+        .collect();
+    encode_examples(model, &records, 64).unwrap()
+}
+
+fn quiet(cfg: TrainConfig) -> TrainConfig {
+    TrainConfig {
+        log_every_secs: None,
+        batch_size: 4,
+        ..cfg
+    }
+}
+
+#[test]
+fn loss_is_on_response_tokens_only() {
+    let model = fixture();
+    let ex = examples(&model);
+    let prompt = model
+        .tokenizer()
+        .encode_chat(&[Message::user("What is 0 plus 0?")], true)
+        .unwrap();
+    assert_eq!(ex[0].loss_start, prompt.len());
+    assert_eq!(&ex[0].ids[..prompt.len()], prompt.as_slice());
+    assert_eq!(
+        *ex[0].ids.last().unwrap(),
+        2,
+        "the response ends with the template's EOS"
+    );
+}
+
+#[test]
+fn a_few_training_steps_lower_the_loss() {
+    let mut model = fixture();
+    let ex = examples(&model);
+    let r = train(
+        &mut model,
+        &ex,
+        &quiet(TrainConfig {
+            lr: 3e-3,
+            max_steps: Some(30),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let (first, last) = (
+        r.losses[..3].iter().map(|l| l.1).sum::<f32>() / 3.0,
+        r.recent_loss(3),
+    );
+    assert!(last < 0.7 * first, "loss {first} -> {last}");
+    assert_eq!(r.steps, 30);
+    assert!(r.finished);
+}
+
+#[test]
+fn resume_after_interruption_is_bit_identical() {
+    let ex = examples(&fixture());
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let base = quiet(TrainConfig {
+        lr: 1e-3,
+        max_steps: Some(8),
+        checkpoint_every: 100,
+        ..Default::default()
+    });
+    let mut a = fixture();
+    train(
+        &mut a,
+        &ex,
+        &TrainConfig {
+            checkpoint_dir: Some(dir_a.path().into()),
+            ..base.clone()
+        },
+    )
+    .unwrap();
+
+    let cfg_b = TrainConfig {
+        checkpoint_dir: Some(dir_b.path().into()),
+        resume: true,
+        ..base
+    };
+    let mut b1 = fixture();
+    let first = train(
+        &mut b1,
+        &ex,
+        &TrainConfig {
+            step_budget: Some(3),
+            ..cfg_b.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!((first.steps, first.finished), (3, false));
+    drop(b1); // a fresh process would start from the saved model
+    let mut b2 = fixture();
+    let second = train(&mut b2, &ex, &cfg_b).unwrap();
+    assert_eq!((second.steps, second.finished), (8, true));
+    assert_eq!(second.losses.len(), 8);
+    for (name, wa) in a.weights() {
+        let (va, vb) = (
+            wa.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b2.weights()[name]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+        assert!(va == vb, "`{name}` differs after resume");
+    }
+    assert!(checkpoint::latest(dir_b.path())
+        .unwrap()
+        .ends_with("step-000008"));
+}
+
+#[test]
+fn nan_loss_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
+    let mut model = fixture();
+    let ex = examples(&model);
+    let dir = tempfile::tempdir().unwrap();
+    // An absurd LR blows the weights up after one step; step 2's loss is not finite.
+    let cfg = quiet(TrainConfig {
+        lr: 1e35,
+        max_steps: Some(5),
+        warmup_ratio: 0.0,
+        clip_norm: None,
+        checkpoint_dir: Some(dir.path().into()),
+        checkpoint_every: 1,
+        ..Default::default()
+    });
+    let err = train(&mut model, &ex, &cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("at step 2")
+            && err.contains("step-000001")
+            && err.contains("lower learning rate"),
+        "{err}"
+    );
+    let kept = checkpoint::latest(dir.path()).unwrap();
+    assert!(kept.ends_with("step-000001"));
+    assert!(
+        Model::load_dir(&kept).is_ok(),
+        "the kept checkpoint is a loadable model folder"
+    );
+}
+
+#[test]
+fn frozen_group_stays_bit_identical() {
+    let mut model = fixture();
+    let before = model.weights().clone();
+    let ex = examples(&model);
+    let mlp = model.param_names(&ModuleSet::mlp(3));
+    let rest: Vec<String> = model
+        .weights()
+        .keys()
+        .filter(|k| !mlp.contains(k))
+        .cloned()
+        .collect();
+    let groups = vec![
+        LrGroup {
+            name: "mlp".into(),
+            params: mlp.clone(),
+            lr_scale: 1.0,
+        },
+        LrGroup {
+            name: "rest".into(),
+            params: rest.clone(),
+            lr_scale: 0.0,
+        },
+    ];
+    train(
+        &mut model,
+        &ex,
+        &quiet(TrainConfig {
+            max_steps: Some(3),
+            groups,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    for (name, w) in model.weights() {
+        let same = w.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            == before[name]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+        assert_eq!(same, rest.contains(name), "`{name}`");
+    }
+}
+
+#[test]
+fn bad_training_settings_are_errors() {
+    let mut model = fixture();
+    let ex = examples(&model);
+    let base = quiet(TrainConfig::default());
+    for (cfg, needle) in [
+        (
+            TrainConfig {
+                lr: -1.0,
+                ..base.clone()
+            },
+            "learning rate",
+        ),
+        (
+            TrainConfig {
+                batch_size: 0,
+                ..base.clone()
+            },
+            "batch",
+        ),
+        (
+            TrainConfig {
+                max_steps: Some(0),
+                ..base.clone()
+            },
+            "training length",
+        ),
+        (
+            TrainConfig {
+                groups: vec![LrGroup {
+                    name: "x".into(),
+                    params: vec!["nope".into()],
+                    lr_scale: 1.0,
+                }],
+                ..base.clone()
+            },
+            "not a parameter",
+        ),
+    ] {
+        let e = train(&mut model, &ex, &cfg).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+    assert!(train(&mut model, &[], &TrainConfig::default()).is_err());
+}
