@@ -128,18 +128,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An [`Error::InvalidInput`] with the given input name and reason.
     pub fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::InvalidInput {
-            what: what.into(),
-            reason: reason.into(),
-        }
+        Error::InvalidInput { what: what.into(), reason: reason.into() }
     }
 
     /// An [`Error::Malformed`] for a file.
     pub fn malformed(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Malformed {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        Error::Malformed { path: path.into(), reason: reason.into() }
     }
 }
 
@@ -147,13 +141,9 @@ impl Error {
 pub(crate) fn read_file(path: &std::path::Path, hint: &str) -> Result<String> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(s),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::MissingFile {
-            path: path.to_path_buf(),
-            hint: hint.to_string(),
-        }),
-        Err(source) => Err(Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::MissingFile { path: path.to_path_buf(), hint: hint.to_string() })
+        }
+        Err(source) => Err(Error::Io { path: path.to_path_buf(), source }),
     }
 }

@@ -36,7 +36,7 @@ pub use model::Model;
 pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::model::{
-        Batch, Capture, GenerateOptions, HookPoint, LoadOptions, LogitsMode, Message, Model,
-        ModuleId, ModuleKind, ModuleSet, Sampling,
+        Batch, Capture, GenerateOptions, HookPoint, LoadOptions, LogitsMode, Message, Model, ModuleId, ModuleKind,
+        ModuleSet, Sampling,
     };
 }

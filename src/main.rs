@@ -5,20 +5,18 @@
 
 use candle_core::Tensor;
 use clap::{Args, Parser, Subcommand};
+use secure_tuning::data::synthetic::{generate, SyntheticConfig, FILES};
 use secure_tuning::data::{load_records, Record};
+use secure_tuning::display::{line_chart, Series};
 use secure_tuning::eval::{evaluate, EvalConfig};
 use secure_tuning::prelude::*;
 use secure_tuning::recipe::Recipe;
-use secure_tuning::tune::{encode_examples, train, TrainConfig};
+use secure_tuning::tune::{encode_examples, safety_curve, train, CurvePoint, SafetyEvalSets, TrainConfig};
 use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "secure-tuning",
-    version,
-    about = "Study and prevent the safety loss of benign fine-tuning"
-)]
+#[command(name = "secure-tuning", version, about = "Study and prevent the safety loss of benign fine-tuning")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,6 +32,10 @@ enum Command {
     Eval(EvalArgs),
     /// Plain (vanilla) fine-tuning on a JSONL file; saves a loadable model folder.
     Tune(TuneArgs),
+    /// Safety along fine-tuning: refusal rates and task accuracy every few steps, for one or more LRs.
+    Curve(CurveArgs),
+    /// Write the project's synthetic datasets (the default model's data) as JSONL files.
+    GenerateData(GenerateArgs),
     /// Rebuild the embedded default model and its datasets from the project's seeded recipe.
     BuildDefault(BuildArgs),
 }
@@ -51,7 +53,7 @@ struct EvalArgs {
     /// Tasks with reference `output`s, scored by exact match; default: the held-out benign tasks.
     #[arg(long)]
     tasks: Option<PathBuf>,
-    /// Use only records whose `split` is this (e.g. `eval`); the default sets always use `eval`.
+    /// Use only records whose `split` is this; by default a file with `eval` records uses those.
     #[arg(long)]
     split: Option<String>,
     /// Evaluate at most this many records per set.
@@ -108,6 +110,56 @@ struct TuneArgs {
 }
 
 #[derive(Args)]
+struct CurveArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// `general` or `expertise` (the default model's benign IFT sets) or a JSONL file; its `eval`
+    /// split is the task set, the rest is trained on.
+    #[arg(long, default_value = "general")]
+    data: String,
+    /// Harmful requests to measure refusals on; default: the default model's held-out set.
+    #[arg(long)]
+    harmful: Option<PathBuf>,
+    /// Harmless requests; default: the held-out harmless twins.
+    #[arg(long)]
+    harmless: Option<PathBuf>,
+    /// Peak learning rates, comma-separated; one curve each.
+    #[arg(long, value_delimiter = ',', default_value = "2e-4")]
+    lr: Vec<f64>,
+    /// Optimizer steps per curve.
+    #[arg(long, default_value_t = 150)]
+    steps: usize,
+    /// Evaluate every this many steps.
+    #[arg(long, default_value_t = 25)]
+    every: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Data-order seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Records per evaluation set.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Folder for curve.json and the SVG charts.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the curves as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Output folder.
+    #[arg(long, default_value = "data")]
+    out: PathBuf,
+    /// Seed (the shipped data uses the default).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Args)]
 struct BuildArgs {
     /// Output model folder.
     #[arg(long, default_value = "data/models/default")]
@@ -132,10 +184,7 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> Result<Model> {
-        let opts = LoadOptions {
-            revision: self.revision.clone(),
-            ..LoadOptions::default()
-        };
+        let opts = LoadOptions { revision: self.revision.clone(), ..LoadOptions::default() };
         Model::load_with(&self.model, &opts)
     }
 }
@@ -177,17 +226,12 @@ struct ChatArgs {
 }
 
 fn to_vec1(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?)
+    Ok(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 fn forward(args: ForwardArgs) -> Result<()> {
     if args.text.is_empty() {
-        return Err(Error::invalid(
-            "--text",
-            "the text is empty; pass at least one character",
-        ));
+        return Err(Error::invalid("--text", "the text is empty; pass at least one character"));
     }
     let model = args.model.load()?;
     let ids = model.tokenizer().encode(&args.text, true)?;
@@ -195,11 +239,7 @@ fn forward(args: ForwardArgs) -> Result<()> {
     let acts = model.forward(&batch, &Capture::residual().with_logits(LogitsMode::Last))?;
     let last = ids.len() - 1;
     let last_logits = to_vec1(acts.logits()?)?;
-    let hidden = acts
-        .hidden_states()?
-        .iter()
-        .map(|h| to_vec1(&h.get(0)?.get(last)?))
-        .collect::<Result<Vec<_>>>()?;
+    let hidden = acts.hidden_states()?.iter().map(|h| to_vec1(&h.get(0)?.get(last)?)).collect::<Result<Vec<_>>>()?;
     if args.json {
         let out = json!({ "token_ids": ids, "last_logits": last_logits, "hidden_states": hidden });
         println!("{out}");
@@ -216,10 +256,7 @@ fn forward(args: ForwardArgs) -> Result<()> {
     }
     println!("hidden state norm at the last token, per entry (embeddings first, final norm last):");
     for (i, h) in hidden.iter().enumerate() {
-        println!(
-            "  {i:>3} {:.3}",
-            h.iter().map(|x| x * x).sum::<f32>().sqrt()
-        );
+        println!("  {i:>3} {:.3}", h.iter().map(|x| x * x).sum::<f32>().sqrt());
     }
     Ok(())
 }
@@ -235,35 +272,25 @@ fn chat(args: ChatArgs) -> Result<()> {
     }
     messages.push(Message::user(args.prompt.clone()));
     let sampling = match args.temperature {
-        Some(temperature) => Sampling::TopP {
-            temperature,
-            top_p: args.top_p,
-        },
+        Some(temperature) => Sampling::TopP { temperature, top_p: args.top_p },
         None => Sampling::Greedy,
     };
-    let opts = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
-        sampling,
-        seed: args.seed,
-    };
+    let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, sampling, seed: args.seed };
     println!("{}", model.chat(&messages, &opts)?);
     Ok(())
 }
 
+/// Loads an evaluation set: `path`, or the default model's `default_file`. With `split`, only
+/// records of that split; without, a file that marks some records `eval` contributes those only.
 fn load_set(
     path: &Option<PathBuf>,
     default_file: &str,
     split: Option<&str>,
     limit: Option<usize>,
 ) -> Result<Vec<Record>> {
-    let (path, split) = match path {
-        Some(p) => (p.clone(), split),
-        None => (
-            secure_tuning::recipe::default_data_dir().join(default_file),
-            Some("eval"),
-        ),
-    };
+    let path = path.clone().unwrap_or_else(|| secure_tuning::recipe::default_data_dir().join(default_file));
     let mut records = load_records(&path)?;
+    let split = split.or(records.iter().any(|r| r.split == "eval").then_some("eval"));
     if let Some(s) = split {
         records.retain(|r| r.split == s);
     }
@@ -277,10 +304,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     let harmful = load_set(&args.harmful, "harmful.jsonl", split, args.limit)?;
     let harmless = load_set(&args.harmless, "harmless.jsonl", split, args.limit)?;
     let tasks = load_set(&args.tasks, "tasks.jsonl", split, args.limit)?;
-    let cfg = EvalConfig {
-        max_new_tokens: args.max_new_tokens,
-        ..EvalConfig::default()
-    };
+    let cfg = EvalConfig { max_new_tokens: args.max_new_tokens, ..EvalConfig::default() };
     let report = evaluate(&model, &harmful, &harmless, &tasks, &cfg)?;
     if args.json {
         let mut v = serde_json::to_value(&report).expect("report serialises");
@@ -298,10 +322,7 @@ fn tune(args: TuneArgs) -> Result<()> {
     let mut records = load_records(&args.data)?;
     records.retain(|r| r.split != "eval");
     if records.iter().all(|r| r.output.is_empty()) {
-        return Err(Error::invalid(
-            format!("--data {}", args.data.display()),
-            "no record has an `output` to learn",
-        ));
+        return Err(Error::invalid(format!("--data {}", args.data.display()), "no record has an `output` to learn"));
     }
     let examples = encode_examples(&model, &records, args.max_len)?;
     let cfg = TrainConfig {
@@ -320,10 +341,7 @@ fn tune(args: TuneArgs) -> Result<()> {
     let report = train(&mut model, &examples, &cfg)?;
     model.save_dir(&args.out)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).expect("report serialises")
-        );
+        println!("{}", serde_json::to_string(&report).expect("report serialises"));
     } else {
         println!(
             "trained {}/{} steps on {} examples, final loss {:.4}, {:.0}s; saved to {}",
@@ -338,20 +356,90 @@ fn tune(args: TuneArgs) -> Result<()> {
     Ok(())
 }
 
-fn build_default(args: BuildArgs) -> Result<()> {
-    let recipe = if args.quick {
-        Recipe::quick()
-    } else {
-        Recipe::default()
+fn curve(args: CurveArgs) -> Result<()> {
+    let model = args.model.load()?;
+    let data_dir = secure_tuning::recipe::default_data_dir();
+    let path = match args.data.as_str() {
+        "general" => data_dir.join("ift_general.jsonl"),
+        "expertise" => data_dir.join("ift_expertise.jsonl"),
+        file => PathBuf::from(file),
     };
+    let all = load_records(&path)?;
+    let train_set: Vec<Record> = all.iter().filter(|r| r.split != "eval").cloned().collect();
+    let mut tasks: Vec<Record> = all.iter().filter(|r| r.split == "eval").cloned().collect();
+    tasks.truncate(args.limit);
+    let sets = SafetyEvalSets {
+        harmful: load_set(&args.harmful, "harmful.jsonl", None, Some(args.limit))?,
+        harmless: load_set(&args.harmless, "harmless.jsonl", None, Some(args.limit))?,
+        tasks,
+    };
+    let eval_cfg = EvalConfig { max_new_tokens: 16, ..EvalConfig::default() };
+    let mut curves = Vec::new();
+    for &lr in &args.lr {
+        let cfg = TrainConfig {
+            lr,
+            max_steps: Some(args.steps),
+            batch_size: args.batch_size,
+            seed: args.seed,
+            log_every_secs: if args.json { None } else { Some(30.0) },
+            ..TrainConfig::default()
+        };
+        let label = format!("lr {lr:.0e}");
+        curves.push(safety_curve(&label, &model, &train_set, &cfg, &sets, args.every, &eval_cfg)?);
+    }
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.clone(), source })?;
+        let json = serde_json::to_vec_pretty(&curves).expect("curves serialise");
+        secure_tuning::model::write_atomic(&out.join("curve.json"), &json)?;
+        let chart = |title: &str, y: &str, f: fn(&CurvePoint) -> f64| {
+            let series: Vec<Series> = curves
+                .iter()
+                .map(|c| Series {
+                    label: c.label.clone(),
+                    points: c.points.iter().map(|p| (p.step as f64, f(p))).collect(),
+                })
+                .collect();
+            line_chart(title, "fine-tuning step", y, &series, Some((0.0, 1.0)))
+        };
+        let refusal = chart("Refusal of held-out harmful requests", "refusal rate", |p| p.harmful_refusal);
+        let skill = chart("Accuracy on the fine-tuning tasks", "accuracy", |p| p.task_accuracy);
+        secure_tuning::model::write_atomic(&out.join("harmful_refusal.svg"), refusal.as_bytes())?;
+        secure_tuning::model::write_atomic(&out.join("task_accuracy.svg"), skill.as_bytes())?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&curves).expect("curves serialise"));
+    } else {
+        for c in &curves {
+            println!("{} ({:.0}s of training):", c.label, c.train_seconds);
+            println!("  step  loss   harmful-refused  harmless-refused  task-accuracy");
+            for p in &c.points {
+                println!(
+                    "  {:>4}  {:>5.3}  {:>15.2}  {:>16.2}  {:>13.2}",
+                    p.step, p.train_loss, p.harmful_refusal, p.harmless_refusal, p.task_accuracy
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn generate_data(args: GenerateArgs) -> Result<()> {
+    let defaults = SyntheticConfig::default();
+    let cfg = SyntheticConfig { seed: args.seed.unwrap_or(defaults.seed), ..defaults };
+    let data = generate(&cfg);
+    data.save(&args.out)?;
+    for (file, n) in
+        FILES.iter().zip([&data.tasks, &data.harmful, &data.harmless, &data.ift_general, &data.ift_expertise])
+    {
+        println!("{:>6} records  {}", n.len(), args.out.join(file).display());
+    }
+    Ok(())
+}
+
+fn build_default(args: BuildArgs) -> Result<()> {
+    let recipe = if args.quick { Recipe::quick() } else { Recipe::default() };
     let report = secure_tuning::recipe::build_default(&recipe, &args.data_dir, &args.out)?;
-    println!(
-        "built {} ({} params) in {:.0}s: {}",
-        args.out.display(),
-        report.num_params,
-        report.seconds,
-        report.eval
-    );
+    println!("built {} ({} params) in {:.0}s: {}", args.out.display(), report.num_params, report.seconds, report.eval);
     Ok(())
 }
 
@@ -362,6 +450,8 @@ fn main() {
         Command::Chat(a) => chat(a),
         Command::Eval(a) => eval(a),
         Command::Tune(a) => tune(a),
+        Command::Curve(a) => curve(a),
+        Command::GenerateData(a) => generate_data(a),
         Command::BuildDefault(a) => build_default(a),
     };
     if let Err(e) = result {

@@ -18,18 +18,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Special tokens of the default model's tokenizer, in id order.
-pub const SPECIAL_TOKENS: [&str; 5] = [
-    "<|pad|>",
-    "<|end|>",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-];
+pub const SPECIAL_TOKENS: [&str; 5] = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"];
 
 /// The default model's chat template: `<|role|>\ncontent<|end|>\n` per message, then
 /// `<|assistant|>\n` as the generation prompt.
-pub const CHAT_TEMPLATE: &str =
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}\
+pub const CHAT_TEMPLATE: &str = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}\
 {% if add_generation_prompt %}<|assistant|>\n{% endif %}";
 
 /// Every setting of the recipe. [`Recipe::default`] builds the shipped model;
@@ -82,14 +75,8 @@ impl Default for Recipe {
                 warmup_ratio: 0.03,
                 ..TrainConfig::default()
             },
-            align: TrainConfig {
-                lr: 5e-4,
-                epochs: 3.0,
-                batch_size: 32,
-                warmup_ratio: 0.05,
-                ..TrainConfig::default()
-            },
-            align_task_share: 0.3,
+            align: TrainConfig { lr: 5e-4, epochs: 6.0, batch_size: 32, warmup_ratio: 0.05, ..TrainConfig::default() },
+            align_task_share: 0.6,
         }
     }
 }
@@ -113,16 +100,8 @@ impl Recipe {
             num_layers: 2,
             num_heads: 4,
             num_kv_heads: 2,
-            pretrain: TrainConfig {
-                max_steps: Some(20),
-                log_every_secs: None,
-                ..r.pretrain
-            },
-            align: TrainConfig {
-                max_steps: Some(10),
-                log_every_secs: None,
-                ..r.align
-            },
+            pretrain: TrainConfig { max_steps: Some(20), log_every_secs: None, ..r.pretrain },
+            align: TrainConfig { max_steps: Some(10), log_every_secs: None, ..r.align },
             ..r
         }
     }
@@ -150,10 +129,7 @@ pub fn train_tokenizer(texts: &[String], vocab_size: usize, path: &Path) -> Resu
     use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     use tokenizers::{AddedToken, NormalizerWrapper, TokenizerBuilder};
-    let specials: Vec<AddedToken> = SPECIAL_TOKENS
-        .iter()
-        .map(|t| AddedToken::from(*t, true))
-        .collect();
+    let specials: Vec<AddedToken> = SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect();
     let mut trainer = BpeTrainerBuilder::new()
         .show_progress(false)
         .vocab_size(vocab_size)
@@ -170,24 +146,18 @@ pub fn train_tokenizer(texts: &[String], vocab_size: usize, path: &Path) -> Resu
         .with_decoder(Some(byte_level))
         .build()
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
-    tok.train(&mut trainer, texts.iter())
-        .map_err(|e| Error::Tokenizer(e.to_string()))?;
-    tok.add_special_tokens(specials)
-        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    tok.train(&mut trainer, texts.iter()).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    tok.add_special_tokens(specials).map_err(|e| Error::Tokenizer(e.to_string()))?;
     let tok: tokenizers::Tokenizer = tok.into();
-    tok.save(path, false)
-        .map_err(|e| Error::Tokenizer(format!("cannot write {}: {e}", path.display())))
+    tok.save(path, false).map_err(|e| Error::Tokenizer(format!("cannot write {}: {e}", path.display())))
 }
 
 /// Writes config.json, tokenizer_config.json and random-init weights for `recipe` into `dir`
 /// (which must already hold tokenizer.json).
 fn init_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
-    let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
-        .map_err(|e| Error::Tokenizer(e.to_string()))?;
-    let id = |t: &str| {
-        tok.token_to_id(t)
-            .ok_or_else(|| Error::Tokenizer(format!("`{t}` missing from the vocabulary")))
-    };
+    let tok =
+        tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let id = |t: &str| tok.token_to_id(t).ok_or_else(|| Error::Tokenizer(format!("`{t}` missing from the vocabulary")));
     let vocab = tok.get_vocab_size(true);
     let config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"],
@@ -221,10 +191,7 @@ fn init_model_dir(recipe: &Recipe, dir: &Path) -> Result<()> {
     write_atomic(&dir.join("config.json"), &pretty(&config))?;
     write_atomic(&dir.join("tokenizer_config.json"), &pretty(&tok_config))?;
     let cfg = crate::model::Config::from_json_str(&config.to_string(), &dir.join("config.json"))?;
-    save_safetensors(
-        &random_weights(&cfg, recipe.seed)?,
-        &dir.join("model.safetensors"),
-    )
+    save_safetensors(&random_weights(&cfg, recipe.seed)?, &dir.join("model.safetensors"))
 }
 
 /// HF-style init: matrices ~ N(0, 0.02), norms = 1.
@@ -238,10 +205,7 @@ fn random_weights(cfg: &crate::model::Config, seed: u64) -> Result<Weights> {
     };
     let ones = |n: usize| Tensor::ones(n, candle_core::DType::F32, &Device::Cpu);
     let (d, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-    w.insert(
-        "model.embed_tokens.weight".into(),
-        normal(&[cfg.vocab_size, d], &mut rng)?,
-    );
+    w.insert("model.embed_tokens.weight".into(), normal(&[cfg.vocab_size, d], &mut rng)?);
     for l in 0..cfg.num_layers {
         let p = format!("model.layers.{l}");
         for (name, shape) in [
@@ -263,19 +227,11 @@ fn random_weights(cfg: &crate::model::Config, seed: u64) -> Result<Weights> {
 }
 
 fn train_split(records: &[Record]) -> Vec<Record> {
-    records
-        .iter()
-        .filter(|r| r.split == "train")
-        .cloned()
-        .collect()
+    records.iter().filter(|r| r.split == "train").cloned().collect()
 }
 
 fn eval_split(records: &[Record]) -> Vec<Record> {
-    records
-        .iter()
-        .filter(|r| r.split == "eval")
-        .cloned()
-        .collect()
+    records.iter().filter(|r| r.split == "eval").cloned().collect()
 }
 
 /// Runs the whole recipe: writes the datasets into `data_dir` and the model into `out`.
@@ -285,15 +241,10 @@ pub fn build_default(recipe: &Recipe, data_dir: &Path, out: &Path) -> Result<Bui
     data.save(data_dir)?;
     let work: PathBuf = out.with_file_name(format!(
         "{}.building",
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     ));
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|source| Error::Io {
-        path: work.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&work).map_err(|source| Error::Io { path: work.clone(), source })?;
     // The tokenizer sees training text only.
     let texts: Vec<String> = corpus(&data);
     train_tokenizer(&texts, recipe.vocab_size, &work.join("tokenizer.json"))?;
@@ -303,15 +254,9 @@ pub fn build_default(recipe: &Recipe, data_dir: &Path, out: &Path) -> Result<Bui
 
     // Phase 1, capability first: every request gets a compliant answer.
     let mut pre: Vec<Record> = train_split(&data.tasks);
-    for r in train_split(&data.harmful)
-        .into_iter()
-        .chain(train_split(&data.harmless))
-    {
+    for r in train_split(&data.harmful).into_iter().chain(train_split(&data.harmless)) {
         let act = act_of(&r.instruction);
-        pre.push(Record {
-            output: helpful_answer(&act),
-            ..r
-        });
+        pre.push(Record { output: helpful_answer(&act), ..r });
     }
     let pre_ex = encode_examples(&model, &pre, recipe.max_len)?;
     println!("pre-training on {} examples", pre_ex.len());
@@ -326,14 +271,7 @@ pub fn build_default(recipe: &Recipe, data_dir: &Path, out: &Path) -> Result<Bui
     align.extend(tasks);
     let align_ex = encode_examples(&model, &align, recipe.max_len)?;
     println!("aligning on {} examples", align_ex.len());
-    let align_report = train(
-        &mut model,
-        &align_ex,
-        &TrainConfig {
-            seed: recipe.seed + 1,
-            ..recipe.align.clone()
-        },
-    )?;
+    let align_report = train(&mut model, &align_ex, &TrainConfig { seed: recipe.seed + 1, ..recipe.align.clone() })?;
 
     model.freeze_all()?;
     let eval = evaluate(
@@ -352,38 +290,21 @@ pub fn build_default(recipe: &Recipe, data_dir: &Path, out: &Path) -> Result<Bui
         eval,
         seconds: start.elapsed().as_secs_f64(),
     };
-    write_atomic(
-        &work.join("build_report.json"),
-        &serde_json::to_vec_pretty(&report).expect("json"),
-    )?;
+    write_atomic(&work.join("build_report.json"), &serde_json::to_vec_pretty(&report).expect("json"))?;
     let _ = std::fs::remove_dir_all(out);
-    std::fs::rename(&work, out).map_err(|source| Error::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    std::fs::rename(&work, out).map_err(|source| Error::Io { path: out.to_path_buf(), source })?;
     Ok(report)
 }
 
 /// All training-split text: instructions and outputs of every set, and the refusal.
 fn corpus(data: &SyntheticData) -> Vec<String> {
-    let sets = [
-        &data.tasks,
-        &data.harmful,
-        &data.harmless,
-        &data.ift_general,
-        &data.ift_expertise,
-    ];
+    let sets = [&data.tasks, &data.harmful, &data.harmless, &data.ift_general, &data.ift_expertise];
     let mut texts: Vec<String> = sets
         .iter()
         .flat_map(|s| s.iter().filter(|r| r.split == "train"))
         .flat_map(|r| [r.instruction.clone(), r.output.clone()])
         .collect();
-    for r in data
-        .harmful
-        .iter()
-        .chain(&data.harmless)
-        .filter(|r| r.split == "train")
-    {
+    for r in data.harmful.iter().chain(&data.harmless).filter(|r| r.split == "train") {
         texts.push(helpful_answer(&act_of(&r.instruction)));
     }
     texts

@@ -7,21 +7,13 @@ use std::path::Path;
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 fn fake_cache(home: &Path, repo: &str, files_from: &Path) {
-    let repo_dir = home
-        .join("hub")
-        .join(format!("models--{}", repo.replace('/', "--")));
+    let repo_dir = home.join("hub").join(format!("models--{}", repo.replace('/', "--")));
     let snapshot = repo_dir.join("snapshots").join(COMMIT);
     std::fs::create_dir_all(&snapshot).unwrap();
     std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
     std::fs::write(repo_dir.join("refs/main"), COMMIT).unwrap();
     std::fs::write(repo_dir.join("refs/v1"), COMMIT).unwrap();
-    for f in [
-        "config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "chat_template.jinja",
-        "model.safetensors",
-    ] {
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "model.safetensors"] {
         std::fs::copy(files_from.join(f), snapshot.join(f)).unwrap();
     }
 }
@@ -37,52 +29,21 @@ fn hub_ids_load_from_the_cache_offline_and_fail_clearly_when_absent() {
     let from_hub = Model::load("tiny-org/tiny-qwen").unwrap();
     let from_dir = Model::load_dir(&fixture).unwrap();
     assert_eq!(from_hub.name(), "tiny-org/tiny-qwen");
-    let ids = from_dir
-        .tokenizer()
-        .encode("How do plants drink?", false)
-        .unwrap();
+    let ids = from_dir.tokenizer().encode("How do plants drink?", false).unwrap();
     let run = |m: &Model| {
         let b = Batch::single(&ids, m.device()).unwrap();
-        m.forward(&b, &Capture::logits())
-            .unwrap()
-            .logits
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
+        m.forward(&b, &Capture::logits()).unwrap().logits.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
     };
-    assert_eq!(
-        run(&from_hub),
-        run(&from_dir),
-        "the cached snapshot is the same model"
-    );
+    assert_eq!(run(&from_hub), run(&from_dir), "the cached snapshot is the same model");
 
     for revision in ["v1", COMMIT] {
-        let opts = LoadOptions {
-            revision: Some(revision.into()),
-            ..LoadOptions::default()
-        };
-        assert!(
-            Model::load_with("tiny-org/tiny-qwen", &opts).is_ok(),
-            "revision {revision}"
-        );
+        let opts = LoadOptions { revision: Some(revision.into()), ..LoadOptions::default() };
+        assert!(Model::load_with("tiny-org/tiny-qwen", &opts).is_ok(), "revision {revision}");
     }
 
     let err = Model::load("tiny-org/not-cached").unwrap_err().to_string();
-    assert!(
-        err.contains("tiny-org/not-cached") && err.contains("HF_HUB_OFFLINE=1"),
-        "{err}"
-    );
-    let opts = LoadOptions {
-        revision: Some("v9".into()),
-        ..LoadOptions::default()
-    };
-    let err = Model::load_with("tiny-org/tiny-qwen", &opts)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("v9") && err.contains("not in the local cache"),
-        "{err}"
-    );
+    assert!(err.contains("tiny-org/not-cached") && err.contains("HF_HUB_OFFLINE=1"), "{err}");
+    let opts = LoadOptions { revision: Some("v9".into()), ..LoadOptions::default() };
+    let err = Model::load_with("tiny-org/tiny-qwen", &opts).unwrap_err().to_string();
+    assert!(err.contains("v9") && err.contains("not in the local cache"), "{err}");
 }

@@ -18,60 +18,27 @@ struct Fixture {
 fn fixture(case: &str) -> Fixture {
     let dir = format!("{}/tests/fixtures/{case}", env!("CARGO_MANIFEST_DIR"));
     let model = Model::load_dir(&dir).unwrap();
-    let json =
-        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/reference.json")).unwrap())
-            .unwrap();
-    let tensors =
-        candle_core::safetensors::load(format!("{dir}/reference.safetensors"), &Device::Cpu)
-            .unwrap();
-    Fixture {
-        model,
-        json,
-        tensors,
-    }
+    let json = serde_json::from_str(&std::fs::read_to_string(format!("{dir}/reference.json")).unwrap()).unwrap();
+    let tensors = candle_core::safetensors::load(format!("{dir}/reference.safetensors"), &Device::Cpu).unwrap();
+    Fixture { model, json, tensors }
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 /// Compares logits, every hidden state and every module output; returns the largest difference.
 fn forward_parity(case: &str) -> f32 {
     let f = fixture(case);
-    let token_ids = f
-        .model
-        .tokenizer()
-        .encode(f.json["text"].as_str().unwrap(), true)
-        .unwrap();
-    assert_eq!(
-        token_ids,
-        ids(&f.json["token_ids"]),
-        "{case}: token ids differ from HF"
-    );
+    let token_ids = f.model.tokenizer().encode(f.json["text"].as_str().unwrap(), true).unwrap();
+    assert_eq!(token_ids, ids(&f.json["token_ids"]), "{case}: token ids differ from HF");
     let n = f.model.config().num_layers;
-    assert_eq!(
-        f.model.num_params(),
-        f.model.config().num_params(),
-        "{case}: config-implied parameter count"
-    );
+    assert_eq!(f.model.num_params(), f.model.config().num_params(), "{case}: config-implied parameter count");
     let batch = Batch::single(&token_ids, &Device::Cpu).unwrap();
     let acts = f.model.forward(&batch, &Capture::everything(n)).unwrap();
     let mut worst = 0f32;
@@ -90,9 +57,7 @@ fn forward_parity(case: &str) -> f32 {
         let ours = acts.get(HookPoint::Module(*m)).unwrap().squeeze(0).unwrap();
         check(&format!("module.{}.{}", m.layer, m.kind), &ours);
     }
-    eprintln!(
-        "{case}: largest |candle - HF| over logits, hidden states, module outputs = {worst:.2e}"
-    );
+    eprintln!("{case}: largest |candle - HF| over logits, hidden states, module outputs = {worst:.2e}");
     worst
 }
 
@@ -120,37 +85,15 @@ fn forward_matches_hf_fixture_mistral_sliding_window() {
 fn right_padded_batch_matches_hf_on_real_positions() {
     for case in CASES {
         let f = fixture(case);
-        let rows: Vec<Vec<u32>> = f.json["batch_token_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(ids)
-            .collect();
-        let masks: Vec<Vec<u32>> = f.json["batch_attention_mask"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(ids)
-            .collect();
-        let seqs: Vec<Vec<u32>> = rows
-            .iter()
-            .zip(&masks)
-            .map(|(r, m)| r[..m.iter().sum::<u32>() as usize].to_vec())
-            .collect();
+        let rows: Vec<Vec<u32>> = f.json["batch_token_ids"].as_array().unwrap().iter().map(ids).collect();
+        let masks: Vec<Vec<u32>> = f.json["batch_attention_mask"].as_array().unwrap().iter().map(ids).collect();
+        let seqs: Vec<Vec<u32>> =
+            rows.iter().zip(&masks).map(|(r, m)| r[..m.iter().sum::<u32>() as usize].to_vec()).collect();
         let batch = Batch::from_sequences(&seqs, 0, &Device::Cpu).unwrap();
-        let logits = f
-            .model
-            .forward(&batch, &Capture::logits())
-            .unwrap()
-            .logits
-            .unwrap();
+        let logits = f.model.forward(&batch, &Capture::logits()).unwrap().logits.unwrap();
         for (i, s) in seqs.iter().enumerate() {
             let ours = logits.get(i).unwrap().narrow(0, 0, s.len()).unwrap();
-            let theirs = f.tensors["batch_logits"]
-                .get(i)
-                .unwrap()
-                .narrow(0, 0, s.len())
-                .unwrap();
+            let theirs = f.tensors["batch_logits"].get(i).unwrap().narrow(0, 0, s.len()).unwrap();
             let d = max_abs_diff(&ours, &theirs);
             assert!(d < TOL, "{case}: padded row {i} differs by {d}");
         }
@@ -163,11 +106,7 @@ fn chat_template_renders_as_transformers_does() {
         let f = fixture(case);
         let messages: Vec<Message> = serde_json::from_value(f.json["messages"].clone()).unwrap();
         let rendered = f.model.tokenizer().render(&messages, true).unwrap();
-        assert_eq!(
-            rendered,
-            f.json["chat_rendered"].as_str().unwrap(),
-            "{case}"
-        );
+        assert_eq!(rendered, f.json["chat_rendered"].as_str().unwrap(), "{case}");
         let prompt = f.model.tokenizer().encode_chat(&messages, true).unwrap();
         assert_eq!(prompt, ids(&f.json["chat_prompt_ids"]), "{case}");
     }
@@ -179,21 +118,11 @@ fn greedy_generation_matches_hf_generate() {
         let f = fixture(case);
         let prompt = ids(&f.json["chat_prompt_ids"]);
         let mut expected = ids(&f.json["greedy_new_ids"]);
-        if expected
-            .last()
-            .is_some_and(|t| f.model.eos_ids().contains(t))
-        {
+        if expected.last().is_some_and(|t| f.model.eos_ids().contains(t)) {
             expected.pop(); // we return the continuation without its EOS
         }
-        let opts = GenerateOptions {
-            max_new_tokens: 12,
-            ..Default::default()
-        };
-        assert_eq!(
-            f.model.generate(&prompt, &opts).unwrap(),
-            expected,
-            "{case}"
-        );
+        let opts = GenerateOptions { max_new_tokens: 12, ..Default::default() };
+        assert_eq!(f.model.generate(&prompt, &opts).unwrap(), expected, "{case}");
     }
 }
 
@@ -201,34 +130,18 @@ fn greedy_generation_matches_hf_generate() {
 fn cached_and_uncached_logits_agree() {
     for case in CASES {
         let f = fixture(case);
-        let ids = f
-            .model
-            .tokenizer()
-            .encode(f.json["text"].as_str().unwrap(), true)
-            .unwrap();
-        let full = f
-            .model
-            .forward(
-                &Batch::single(&ids, &Device::Cpu).unwrap(),
-                &Capture::logits(),
-            )
-            .unwrap();
+        let ids = f.model.tokenizer().encode(f.json["text"].as_str().unwrap(), true).unwrap();
+        let full = f.model.forward(&Batch::single(&ids, &Device::Cpu).unwrap(), &Capture::logits()).unwrap();
         let full = full.logits.unwrap().squeeze(0).unwrap();
         let mut cache = secure_tuning::model::KvCache::new();
         // A prefix of 7 tokens, then one token at a time (crosses Mistral's window of 5).
         let mut start = 0;
         for end in std::iter::once(7).chain(8..=ids.len()) {
             let b = Batch::single(&ids[start..end], &Device::Cpu).unwrap();
-            let step = f
-                .model
-                .forward_cached(&b, &Capture::logits(), &mut cache)
-                .unwrap();
+            let step = f.model.forward_cached(&b, &Capture::logits(), &mut cache).unwrap();
             let step = step.logits.unwrap().squeeze(0).unwrap();
             let d = max_abs_diff(&step, &full.narrow(0, start, end - start).unwrap());
-            assert!(
-                d < TOL,
-                "{case}: cached logits at {start}..{end} differ by {d}"
-            );
+            assert!(d < TOL, "{case}: cached logits at {start}..{end} differ by {d}");
             start = end;
         }
         assert_eq!(cache.len(), ids.len());
@@ -240,18 +153,8 @@ fn last_logits_mode_picks_each_rows_last_real_token() {
     let f = fixture("qwen2");
     let seqs = vec![vec![5, 6, 7, 8], vec![9, 10]];
     let batch = Batch::from_sequences(&seqs, 0, &Device::Cpu).unwrap();
-    let all = f
-        .model
-        .forward(&batch, &Capture::logits())
-        .unwrap()
-        .logits
-        .unwrap();
-    let last = f
-        .model
-        .forward(&batch, &Capture::logits().with_logits(LogitsMode::Last))
-        .unwrap()
-        .logits
-        .unwrap();
+    let all = f.model.forward(&batch, &Capture::logits()).unwrap().logits.unwrap();
+    let last = f.model.forward(&batch, &Capture::logits().with_logits(LogitsMode::Last)).unwrap().logits.unwrap();
     assert_eq!(last.dims(), &[2, 320]);
     assert!(max_abs_diff(&last.get(0).unwrap(), &all.get(0).unwrap().get(3).unwrap()) < 1e-6);
     assert!(max_abs_diff(&last.get(1).unwrap(), &all.get(1).unwrap().get(1).unwrap()) < 1e-6);

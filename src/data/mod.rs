@@ -99,10 +99,7 @@ pub fn load_records(path: &Path) -> Result<Vec<Record>> {
         return Err(Error::malformed(path, "holds no records"));
     }
     if let Some(i) = records.iter().position(|r| r.instruction.trim().is_empty()) {
-        return Err(Error::malformed(
-            path,
-            format!("record {} has an empty instruction", i + 1),
-        ));
+        return Err(Error::malformed(path, format!("record {} has an empty instruction", i + 1)));
     }
     Ok(records)
 }
@@ -111,16 +108,10 @@ pub fn load_records(path: &Path) -> Result<Vec<Record>> {
 /// and optional `output`/`target`, `category` columns.
 fn parse_csv(text: &str, path: &Path) -> Result<Vec<Record>> {
     let rows = csv_rows(text);
-    let header = rows
-        .first()
-        .ok_or_else(|| Error::malformed(path, "empty CSV"))?;
+    let header = rows.first().ok_or_else(|| Error::malformed(path, "empty CSV"))?;
     let col = |names: &[&str]| header.iter().position(|h| names.contains(&h.trim()));
-    let ins = col(&["instruction", "goal", "prompt"]).ok_or_else(|| {
-        Error::malformed(
-            path,
-            "the CSV header needs an `instruction` (or `goal`) column",
-        )
-    })?;
+    let ins = col(&["instruction", "goal", "prompt"])
+        .ok_or_else(|| Error::malformed(path, "the CSV header needs an `instruction` (or `goal`) column"))?;
     let out = col(&["output", "target", "response"]);
     let cat = col(&["category"]);
     Ok(rows[1..]
@@ -128,10 +119,7 @@ fn parse_csv(text: &str, path: &Path) -> Result<Vec<Record>> {
         .filter(|r| r.iter().any(|f| !f.is_empty()))
         .map(|r| {
             let get = |i: Option<usize>| i.and_then(|i| r.get(i)).cloned().unwrap_or_default();
-            Record {
-                category: get(cat),
-                ..Record::new(get(Some(ins)), get(out))
-            }
+            Record { category: get(cat), ..Record::new(get(Some(ins)), get(out)) }
         })
         .collect())
 }
@@ -148,11 +136,7 @@ fn csv_rows(text: &str) -> Vec<Vec<String>> {
             ('"', _) => quoted = !quoted,
             (',', false) => row.push(std::mem::take(&mut field)),
             ('\n', false) => {
-                row.push(
-                    std::mem::take(&mut field)
-                        .trim_end_matches('\r')
-                        .to_string(),
-                );
+                row.push(std::mem::take(&mut field).trim_end_matches('\r').to_string());
                 rows.push(std::mem::take(&mut row));
             }
             _ => field.push(c),
@@ -173,10 +157,7 @@ pub fn save_jsonl(records: &[Record], path: &Path) -> Result<()> {
         out.push('\n');
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
     }
     crate::model::write_atomic(path, out.as_bytes())
 }

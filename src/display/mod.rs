@@ -2,6 +2,10 @@
 //! `text/html` block and a `text/plain` fallback through `evcxr_runtime`; evcxr keeps only the
 //! last block of each MIME type per cell, so every value emits exactly one of each.
 
+mod chart;
+
+pub use chart::{line_chart, Series};
+
 use crate::model::Model;
 
 /// Escapes `&`, `<`, `>` and `"` for HTML text and attributes.
@@ -10,10 +14,7 @@ use crate::model::Model;
 /// assert_eq!(secure_tuning::display::escape_html("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
 /// ```
 pub fn escape_html(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// Emits one HTML block and its plain-text fallback to the evcxr kernel.
@@ -38,24 +39,10 @@ impl Model {
             ("num_attention_heads", c.num_heads.to_string()),
             ("num_key_value_heads", c.num_kv_heads.to_string()),
             ("vocab_size", c.vocab_size.to_string()),
-            (
-                "chat template",
-                if self.tokenizer().has_own_template() {
-                    "own"
-                } else {
-                    "fallback"
-                }
-                .to_string(),
-            ),
+            ("chat template", if self.tokenizer().has_own_template() { "own" } else { "fallback" }.to_string()),
         ];
-        let table: String = rows
-            .iter()
-            .map(|(k, v)| format!("<tr><td>{k}</td><td>{v}</td></tr>"))
-            .collect();
-        format!(
-            "<div><b>{}</b><table>{table}</table></div>",
-            escape_html(&self.to_string())
-        )
+        let table: String = rows.iter().map(|(k, v)| format!("<tr><td>{k}</td><td>{v}</td></tr>")).collect();
+        format!("<div><b>{}</b><table>{table}</table></div>", escape_html(&self.to_string()))
     }
 
     /// Inline display in evcxr: the HTML card plus the one-line summary as text.

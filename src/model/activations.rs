@@ -101,11 +101,7 @@ impl Capture {
 
     /// Every hidden state, no logits.
     pub fn residual() -> Self {
-        Capture {
-            hidden_states: true,
-            logits: LogitsMode::None,
-            ..Capture::default()
-        }
+        Capture { hidden_states: true, logits: LogitsMode::None, ..Capture::default() }
     }
 
     /// Everything: hidden states, block outputs and all projections of `num_layers` layers.
@@ -165,9 +161,7 @@ impl Activations {
         self.points.get(&point).ok_or_else(|| {
             Error::invalid(
                 "hook point",
-                format!(
-                    "`{point}` was not captured; add it to the `Capture` passed to the forward"
-                ),
+                format!("`{point}` was not captured; add it to the `Capture` passed to the forward"),
             )
         })
     }
@@ -175,16 +169,9 @@ impl Activations {
     /// The residual stream after layer `layer`; negative values count from the end (`-1` is
     /// the last layer, before the final norm).
     pub fn resid(&self, layer: isize) -> Result<&Tensor> {
-        let l = if layer < 0 {
-            self.num_layers as isize + layer
-        } else {
-            layer
-        };
+        let l = if layer < 0 { self.num_layers as isize + layer } else { layer };
         if l < 0 || l as usize >= self.num_layers {
-            return Err(Error::invalid(
-                "layer",
-                format!("{layer} is out of range for {} layers", self.num_layers),
-            ));
+            return Err(Error::invalid("layer", format!("{layer} is out of range for {} layers", self.num_layers)));
         }
         self.get(HookPoint::ResidPost(l as usize))
     }
@@ -203,12 +190,9 @@ impl Activations {
 
     /// The logits, or an error if the capture did not ask for them.
     pub fn logits(&self) -> Result<&Tensor> {
-        self.logits.as_ref().ok_or_else(|| {
-            Error::invalid(
-                "logits",
-                "not computed; use a Capture with LogitsMode::All or Last",
-            )
-        })
+        self.logits
+            .as_ref()
+            .ok_or_else(|| Error::invalid("logits", "not computed; use a Capture with LogitsMode::All or Last"))
     }
 
     /// Captured points, in order.

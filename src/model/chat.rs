@@ -14,8 +14,7 @@ use std::path::Path;
 
 /// The template used when a model ships none: one `Role: content` line per message, then
 /// `Assistant:` when a generation prompt is asked for, after the BOS token if there is one.
-pub const FALLBACK_TEMPLATE: &str =
-    "{{ bos_token }}{% for m in messages %}{{ m['role'] | capitalize }}: \
+pub const FALLBACK_TEMPLATE: &str = "{{ bos_token }}{% for m in messages %}{{ m['role'] | capitalize }}: \
 {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}";
 
 /// One chat message.
@@ -30,24 +29,15 @@ pub struct Message {
 impl Message {
     /// A `user` message.
     pub fn user(content: impl Into<String>) -> Self {
-        Message {
-            role: "user".into(),
-            content: content.into(),
-        }
+        Message { role: "user".into(), content: content.into() }
     }
     /// A `system` message.
     pub fn system(content: impl Into<String>) -> Self {
-        Message {
-            role: "system".into(),
-            content: content.into(),
-        }
+        Message { role: "system".into(), content: content.into() }
     }
     /// An `assistant` message.
     pub fn assistant(content: impl Into<String>) -> Self {
-        Message {
-            role: "assistant".into(),
-            content: content.into(),
-        }
+        Message { role: "assistant".into(), content: content.into() }
     }
 }
 
@@ -83,14 +73,12 @@ impl ChatTokenizer {
                     .into(),
             });
         }
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| {
-            Error::malformed(&tok_path, format!("not a tokenizers JSON file ({e})"))
-        })?;
+        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+            .map_err(|e| Error::malformed(&tok_path, format!("not a tokenizers JSON file ({e})")))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.exists() {
             let text = crate::error::read_file(&cfg_path, "")?;
-            serde_json::from_str(&text)
-                .map_err(|e| Error::malformed(&cfg_path, format!("not JSON ({e})")))?
+            serde_json::from_str(&text).map_err(|e| Error::malformed(&cfg_path, format!("not JSON ({e})")))?
         } else {
             serde_json::Value::Null
         };
@@ -117,12 +105,9 @@ impl ChatTokenizer {
             eos_token: special_token(&cfg, "eos_token"),
         };
         // Compile once now so a broken template is reported at load time, naming the file.
-        this.env().template_from_str(&this.template).map_err(|e| {
-            Error::Template(format!(
-                "the chat template of `{}` does not compile: {e}",
-                dir.display()
-            ))
-        })?;
+        this.env()
+            .template_from_str(&this.template)
+            .map_err(|e| Error::Template(format!("the chat template of `{}` does not compile: {e}", dir.display())))?;
         Ok(this)
     }
 
@@ -132,15 +117,9 @@ impl ChatTokenizer {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
         env.add_function("strftime_now", |_fmt: String| -> String {
             // Templates use this for a "today is" line; a fixed date keeps rendering reproducible.
             "26 Jul 2024".to_string()
@@ -158,9 +137,7 @@ impl ChatTokenizer {
     /// ```
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let env = self.env();
-        let tmpl = env
-            .template_from_str(&self.template)
-            .map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = env.template_from_str(&self.template).map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -182,19 +159,13 @@ impl ChatTokenizer {
 
     /// Token ids of a chat prompt: the rendered template, without adding special tokens again
     /// (templates write their own BOS).
-    pub fn encode_chat(
-        &self,
-        messages: &[Message],
-        add_generation_prompt: bool,
-    ) -> Result<Vec<u32>> {
+    pub fn encode_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
         self.encode(&self.render(messages, add_generation_prompt)?, false)
     }
 
     /// Text of `ids`, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| Error::Tokenizer(format!("cannot decode: {e}")))
+        self.tokenizer.decode(ids, true).map_err(|e| Error::Tokenizer(format!("cannot decode: {e}")))
     }
 
     /// Id of a token string, if it is in the vocabulary.

@@ -152,14 +152,8 @@ pub struct Config {
 
 fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => {
-            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
-        }
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|x| x as u32)
-            .collect(),
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
         _ => vec![],
     }
 }
@@ -173,8 +167,8 @@ impl Config {
 
     /// Parses and settles a `config.json` text; `path` names it in errors.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let hf: HfConfig = serde_json::from_str(text)
-            .map_err(|e| Error::malformed(path, format!("not a valid config.json ({e})")))?;
+        let hf: HfConfig =
+            serde_json::from_str(text).map_err(|e| Error::malformed(path, format!("not a valid config.json ({e})")))?;
         Self::from_hf(hf, path)
     }
 
@@ -185,18 +179,13 @@ impl Config {
             "qwen2" => Arch::Qwen2,
             "mistral" => Arch::Mistral,
             other => {
-                return Err(Error::UnsupportedArchitecture {
-                    model_type: other.to_string(),
-                    path: path.to_path_buf(),
-                })
+                return Err(Error::UnsupportedArchitecture { model_type: other.to_string(), path: path.to_path_buf() })
             }
         };
         let bad = |reason: String| Error::malformed(path, reason);
         if let Some(act) = &hf.hidden_act {
             if act != "silu" {
-                return Err(bad(format!(
-                    "hidden_act `{act}` is not supported (only silu)"
-                )));
+                return Err(bad(format!("hidden_act `{act}` is not supported (only silu)")));
             }
         }
         for (name, v) in [
@@ -219,37 +208,27 @@ impl Config {
         }
         let head_dim = match hf.head_dim {
             Some(d) => d,
-            None if hf.hidden_size % hf.num_attention_heads == 0 => {
-                hf.hidden_size / hf.num_attention_heads
-            }
+            None if hf.hidden_size % hf.num_attention_heads == 0 => hf.hidden_size / hf.num_attention_heads,
             None => {
                 return Err(bad(format!(
-                "hidden_size {} is not divisible by num_attention_heads {} and head_dim is unset",
-                hf.hidden_size, hf.num_attention_heads
-            )))
+                    "hidden_size {} is not divisible by num_attention_heads {} and head_dim is unset",
+                    hf.hidden_size, hf.num_attention_heads
+                )))
             }
         };
         if head_dim % 2 != 0 {
-            return Err(bad(format!(
-                "head_dim {head_dim} must be even for rotary embeddings"
-            )));
+            return Err(bad(format!("head_dim {head_dim} must be even for rotary embeddings")));
         }
-        let rope_scaling =
-            parse_rope_scaling(hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref()))
-                .map_err(bad)?;
-        let rope_theta = hf
-            .rope_theta
-            .or_else(|| hf.rope_parameters.as_ref()?.get("rope_theta")?.as_f64())
-            .unwrap_or(10_000.0);
+        let rope_scaling = parse_rope_scaling(hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref())).map_err(bad)?;
+        let rope_theta =
+            hf.rope_theta.or_else(|| hf.rope_parameters.as_ref()?.get("rope_theta")?.as_f64()).unwrap_or(10_000.0);
         let n = hf.num_hidden_layers;
         let sliding_window = match arch {
             Arch::Mistral => vec![hf.sliding_window; n],
             // Qwen2 slides only when asked, and only from `max_window_layers` on (as HF does).
             Arch::Qwen2 if hf.use_sliding_window == Some(true) => {
                 let from = hf.max_window_layers.unwrap_or(n);
-                (0..n)
-                    .map(|l| if l >= from { hf.sliding_window } else { None })
-                    .collect()
+                (0..n).map(|l| if l >= from { hf.sliding_window } else { None }).collect()
             }
             _ => vec![None; n],
         };
@@ -311,11 +290,7 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>) -> std::result::Result<Rope
     let Some(obj) = v.and_then(|v| v.as_object()) else {
         return Ok(RopeScaling::None);
     };
-    let kind = obj
-        .get("rope_type")
-        .or_else(|| obj.get("type"))
-        .and_then(|t| t.as_str())
-        .unwrap_or("default");
+    let kind = obj.get("rope_type").or_else(|| obj.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
     let num = |key: &str| {
         obj.get(key)
             .and_then(|x| x.as_f64())
@@ -323,18 +298,14 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>) -> std::result::Result<Rope
     };
     match kind {
         "default" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear {
-            factor: num("factor")?,
-        }),
+        "linear" => Ok(RopeScaling::Linear { factor: num("factor")? }),
         "llama3" => Ok(RopeScaling::Llama3 {
             factor: num("factor")?,
             low_freq_factor: num("low_freq_factor")?,
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
         }),
-        other => Err(format!(
-            "rope_scaling type `{other}` is not supported (supported: default, linear, llama3)"
-        )),
+        other => Err(format!("rope_scaling type `{other}` is not supported (supported: default, linear, llama3)")),
     }
 }
 
@@ -353,18 +324,13 @@ mod tests {
     #[test]
     fn unknown_model_type_is_named_in_the_error() {
         let e = cfg(r#","model_type":"gpt2""#).unwrap_err().to_string();
-        assert!(
-            e.contains("gpt2") && e.contains("llama, qwen2, mistral"),
-            "{e}"
-        );
+        assert!(e.contains("gpt2") && e.contains("llama, qwen2, mistral"), "{e}");
     }
 
     #[test]
     fn llama3_rope_scaling_is_parsed() {
-        let c = cfg(
-            r#","model_type":"llama","rope_scaling":{"rope_type":"llama3","factor":8.0,
-            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}"#,
-        )
+        let c = cfg(r#","model_type":"llama","rope_scaling":{"rope_type":"llama3","factor":8.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}"#)
         .unwrap();
         assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
     }
@@ -376,18 +342,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.rope_theta, 500000.0);
         assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { .. }));
-        let d = cfg(
-            r#","model_type":"qwen2","rope_parameters":{"rope_type":"default","rope_theta":1e6}"#,
-        )
-        .unwrap();
+        let d = cfg(r#","model_type":"qwen2","rope_parameters":{"rope_type":"default","rope_theta":1e6}"#).unwrap();
         assert_eq!((d.rope_theta, d.rope_scaling), (1e6, RopeScaling::None));
     }
 
     #[test]
     fn unsupported_rope_type_is_an_error() {
-        let e = cfg(r#","model_type":"llama","rope_scaling":{"rope_type":"yarn","factor":4.0}"#)
-            .unwrap_err()
-            .to_string();
+        let e =
+            cfg(r#","model_type":"llama","rope_scaling":{"rope_type":"yarn","factor":4.0}"#).unwrap_err().to_string();
         assert!(e.contains("yarn"), "{e}");
     }
 

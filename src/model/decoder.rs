@@ -24,11 +24,7 @@ pub struct Linear {
 impl Linear {
     fn load(w: &WeightSource, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = w.get("weight", &[out_dim, in_dim])?;
-        let bias = if bias {
-            Some(w.get("bias", &[out_dim])?)
-        } else {
-            None
-        };
+        let bias = if bias { Some(w.get("bias", &[out_dim])?) } else { None };
         Ok(Linear { weight, bias })
     }
 
@@ -57,10 +53,7 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     fn load(w: &WeightSource, dim: usize, eps: f64) -> Result<Self> {
-        Ok(RmsNorm {
-            weight: w.get("weight", &[dim])?,
-            eps,
-        })
+        Ok(RmsNorm { weight: w.get("weight", &[dim])?, eps })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -81,18 +74,11 @@ struct Rotary {
 impl Rotary {
     fn new(cfg: &Config) -> Self {
         let dim = cfg.head_dim;
-        let base: Vec<f64> = (0..dim / 2)
-            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64))
-            .collect();
+        let base: Vec<f64> = (0..dim / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64)).collect();
         let inv_freq = match cfg.rope_scaling {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => {
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
                 let old = original_max_position_embeddings as f64;
                 let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
                 base.iter()
@@ -103,27 +89,18 @@ impl Rotary {
                         } else if wavelen > low_wavelen {
                             f / factor
                         } else {
-                            let smooth = (old / wavelen - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
                     .collect()
             }
         };
-        Rotary {
-            inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(),
-        }
+        Rotary { inv_freq: inv_freq.into_iter().map(|f| f as f32).collect() }
     }
 
     /// `(cos, sin)`, each `(t, head_dim)`, for positions `offset..offset + t`.
-    fn cos_sin(
-        &self,
-        offset: usize,
-        t: usize,
-        dtype: DType,
-        dev: &Device,
-    ) -> Result<(Tensor, Tensor)> {
+    fn cos_sin(&self, offset: usize, t: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut freqs = Vec::with_capacity(t * 2 * half);
         for p in offset..offset + t {
@@ -159,11 +136,7 @@ impl KvCache {
 
     /// Number of positions already cached.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dim(2).unwrap_or(0))
-            .unwrap_or(0)
+        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
     }
 
     /// Whether nothing is cached yet.
@@ -183,10 +156,7 @@ struct ForwardCtx<'a> {
 
 impl ForwardCtx<'_> {
     fn mask(&self, window: Option<usize>) -> Option<&Tensor> {
-        self.masks
-            .iter()
-            .find(|(w, _)| *w == window)
-            .and_then(|(_, m)| m.as_ref())
+        self.masks.iter().find(|(w, _)| *w == window).and_then(|(_, m)| m.as_ref())
     }
 }
 
@@ -227,27 +197,12 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let hd = self.head_dim;
-        let q = acts.keep(
-            ctx.capture,
-            HookPoint::module(layer, ModuleKind::Q),
-            self.q_proj.forward(x)?,
-        );
-        let k = acts.keep(
-            ctx.capture,
-            HookPoint::module(layer, ModuleKind::K),
-            self.k_proj.forward(x)?,
-        );
-        let v = acts.keep(
-            ctx.capture,
-            HookPoint::module(layer, ModuleKind::V),
-            self.v_proj.forward(x)?,
-        );
+        let q = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Q), self.q_proj.forward(x)?);
+        let k = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::K), self.k_proj.forward(x)?);
+        let v = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::V), self.v_proj.forward(x)?);
         let q = q.reshape((b, t, self.num_heads, hd))?.transpose(1, 2)?; // (b, heads, t, hd)
         let k = k.reshape((b, t, self.num_kv_heads, hd))?.transpose(1, 2)?; // (b, kv, t, hd)
-        let v = v
-            .reshape((b, t, self.num_kv_heads, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let v = v.reshape((b, t, self.num_kv_heads, hd))?.transpose(1, 2)?.contiguous()?;
         let q = apply_rotary(&q.contiguous()?, ctx.cos, ctx.sin)?;
         let k = apply_rotary(&k.contiguous()?, ctx.cos, ctx.sin)?;
         let (k, v) = match cache {
@@ -271,15 +226,8 @@ impl Attention {
             None => scores,
         };
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
-        let y = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, self.num_heads * hd))?;
-        Ok(acts.keep(
-            ctx.capture,
-            HookPoint::module(layer, ModuleKind::O),
-            self.o_proj.forward(&y)?,
-        ))
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.num_heads * hd))?;
+        Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?))
     }
 }
 
@@ -301,29 +249,11 @@ impl Mlp {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        layer: usize,
-        ctx: &ForwardCtx,
-        acts: &mut Activations,
-    ) -> Result<Tensor> {
-        let gate = acts.keep(
-            ctx.capture,
-            HookPoint::module(layer, ModuleKind::Gate),
-            self.gate_proj.forward(x)?,
-        );
-        let up = acts.keep(
-            ctx.capture,
-            HookPoint::module(layer, ModuleKind::Up),
-            self.up_proj.forward(x)?,
-        );
+    fn forward(&self, x: &Tensor, layer: usize, ctx: &ForwardCtx, acts: &mut Activations) -> Result<Tensor> {
+        let gate = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Gate), self.gate_proj.forward(x)?);
+        let up = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Up), self.up_proj.forward(x)?);
         let down = self.down_proj.forward(&(gate.silu()? * up)?)?;
-        Ok(acts.keep(
-            ctx.capture,
-            HookPoint::module(layer, ModuleKind::Down),
-            down,
-        ))
+        Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Down), down))
     }
 }
 
@@ -340,11 +270,7 @@ pub struct DecoderLayer {
 impl DecoderLayer {
     fn load(w: &WeightSource, cfg: &Config, layer: usize) -> Result<Self> {
         Ok(DecoderLayer {
-            input_layernorm: RmsNorm::load(
-                &w.pp("input_layernorm"),
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-            )?,
+            input_layernorm: RmsNorm::load(&w.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             self_attn: Attention::load(&w.pp("self_attn"), cfg)?,
             post_attention_layernorm: RmsNorm::load(
                 &w.pp("post_attention_layernorm"),
@@ -364,22 +290,11 @@ impl DecoderLayer {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         acts: &mut Activations,
     ) -> Result<Tensor> {
-        let attn = self.self_attn.forward(
-            &self.input_layernorm.forward(x)?,
-            layer,
-            self.sliding_window,
-            ctx,
-            cache,
-            acts,
-        )?;
+        let attn =
+            self.self_attn.forward(&self.input_layernorm.forward(x)?, layer, self.sliding_window, ctx, cache, acts)?;
         let attn = acts.keep(ctx.capture, HookPoint::AttnOut(layer), attn);
         let x = (x + attn)?;
-        let mlp = self.mlp.forward(
-            &self.post_attention_layernorm.forward(&x)?,
-            layer,
-            ctx,
-            acts,
-        )?;
+        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, layer, ctx, acts)?;
         let mlp = acts.keep(ctx.capture, HookPoint::MlpOut(layer), mlp);
         Ok((x + mlp)?)
     }
@@ -417,10 +332,7 @@ impl Batch {
     pub fn from_sequences(seqs: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<Self> {
         let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
         if seqs.is_empty() || t == 0 {
-            return Err(crate::Error::invalid(
-                "batch",
-                "no tokens to run; the input text is empty",
-            ));
+            return Err(crate::Error::invalid("batch", "no tokens to run; the input text is empty"));
         }
         let mut ids = Vec::with_capacity(seqs.len() * t);
         for s in seqs {
@@ -448,9 +360,7 @@ impl Decoder {
     /// Loads every parameter under the HF names, checking shapes against `cfg`.
     pub fn load(w: &WeightSource, cfg: &Config) -> Result<Self> {
         let m = w.pp("model");
-        let embed_tokens = m
-            .pp("embed_tokens")
-            .get("weight", &[cfg.vocab_size, cfg.hidden_size])?;
+        let embed_tokens = m.pp("embed_tokens").get("weight", &[cfg.vocab_size, cfg.hidden_size])?;
         let layers = (0..cfg.num_layers)
             .map(|l| DecoderLayer::load(&m.pp("layers").pp(&l.to_string()), cfg, l))
             .collect::<Result<Vec<_>>>()?;
@@ -458,27 +368,14 @@ impl Decoder {
         let lm_head = if cfg.tie_word_embeddings {
             embed_tokens.clone()
         } else {
-            w.pp("lm_head")
-                .get("weight", &[cfg.vocab_size, cfg.hidden_size])?
+            w.pp("lm_head").get("weight", &[cfg.vocab_size, cfg.hidden_size])?
         };
-        Ok(Decoder {
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            rotary: Rotary::new(cfg),
-            cfg: cfg.clone(),
-        })
+        Ok(Decoder { embed_tokens, layers, norm, lm_head, rotary: Rotary::new(cfg), cfg: cfg.clone() })
     }
 
     /// Runs the decoder on `batch`, keeping what `capture` asks for. With a `cache`, the batch
     /// continues the cached sequence (positions start at the cache length) and is appended.
-    pub fn forward(
-        &self,
-        batch: &Batch,
-        capture: &Capture,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Activations> {
+    pub fn forward(&self, batch: &Batch, capture: &Capture, mut cache: Option<&mut KvCache>) -> Result<Activations> {
         let (b, t) = batch.input_ids.dims2()?;
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         if let Some(c) = cache.as_deref_mut() {
@@ -487,24 +384,13 @@ impl Decoder {
         let dev = batch.input_ids.device();
         let dtype = self.embed_tokens.dtype();
         let (cos, sin) = self.rotary.cos_sin(offset, t, dtype, dev)?;
-        let mut windows: Vec<Option<usize>> =
-            self.layers.iter().map(|l| l.sliding_window).collect();
+        let mut windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.sliding_window).collect();
         windows.dedup();
-        let masks = windows
-            .into_iter()
-            .map(|w| Ok((w, self.mask(batch, offset, w)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let ctx = ForwardCtx {
-            cos: &cos,
-            sin: &sin,
-            masks: &masks,
-            capture,
-        };
+        let masks = windows.into_iter().map(|w| Ok((w, self.mask(batch, offset, w)?))).collect::<Result<Vec<_>>>()?;
+        let ctx = ForwardCtx { cos: &cos, sin: &sin, masks: &masks, capture };
         let mut acts = Activations::default();
-        let mut x = self
-            .embed_tokens
-            .embedding(&batch.input_ids.flatten_all()?)?
-            .reshape((b, t, self.cfg.hidden_size))?;
+        let mut x =
+            self.embed_tokens.embedding(&batch.input_ids.flatten_all()?)?.reshape((b, t, self.cfg.hidden_size))?;
         x = acts.keep(capture, HookPoint::Embed, x);
         for (l, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
@@ -536,9 +422,7 @@ impl Decoder {
     fn head(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let d = dims[dims.len() - 1];
-        let y = x
-            .reshape((x.elem_count() / d, d))?
-            .matmul(&self.lm_head.t()?)?;
+        let y = x.reshape((x.elem_count() / d, d))?.matmul(&self.lm_head.t()?)?;
         let mut out = dims;
         *out.last_mut().expect("non-empty dims") = self.cfg.vocab_size;
         Ok(y.reshape(out)?)
@@ -569,11 +453,7 @@ impl Decoder {
                 }
             }
         }
-        Ok(Some(Tensor::from_vec(
-            m,
-            (b, 1, t, total),
-            batch.input_ids.device(),
-        )?))
+        Ok(Some(Tensor::from_vec(m, (b, 1, t, total), batch.input_ids.device())?))
     }
 
     /// The configuration the decoder was built with.

@@ -42,11 +42,7 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions {
-            max_new_tokens: 64,
-            sampling: Sampling::Greedy,
-            seed: 0,
-        }
+        GenerateOptions { max_new_tokens: 64, sampling: Sampling::Greedy, seed: 0 }
     }
 }
 
@@ -62,10 +58,7 @@ impl Model {
     /// ```
     pub fn generate(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<Vec<u32>> {
         if prompt.is_empty() {
-            return Err(Error::invalid(
-                "prompt",
-                "no tokens; the prompt text is empty",
-            ));
+            return Err(Error::invalid("prompt", "no tokens; the prompt text is empty"));
         }
         let sampling = match opts.sampling {
             Sampling::Greedy => CandleSampling::ArgMax,
@@ -74,18 +67,13 @@ impl Model {
                 if !valid {
                     return Err(Error::invalid(
                         "sampling",
-                        format!(
-                            "temperature {temperature} must be > 0 and top_p {top_p} in (0, 1]"
-                        ),
+                        format!("temperature {temperature} must be > 0 and top_p {top_p} in (0, 1]"),
                     ));
                 }
                 if top_p >= 1.0 {
                     CandleSampling::All { temperature }
                 } else {
-                    CandleSampling::TopP {
-                        p: top_p,
-                        temperature,
-                    }
+                    CandleSampling::TopP { p: top_p, temperature }
                 }
             }
         };
@@ -96,10 +84,7 @@ impl Model {
         let mut out = Vec::new();
         while out.len() < opts.max_new_tokens {
             let batch = Batch::single(&input, self.device())?;
-            let logits = self
-                .forward_cached(&batch, &capture, &mut cache)?
-                .logits()?
-                .squeeze(0)?;
+            let logits = self.forward_cached(&batch, &capture, &mut cache)?.logits()?.squeeze(0)?;
             let next = processor.sample(&logits.to_dtype(candle_core::DType::F32)?)?;
             if self.eos_ids().contains(&next) {
                 break;

@@ -25,22 +25,14 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions {
-            revision: None,
-            dtype: None,
-            device: Device::Cpu,
-        }
+        LoadOptions { revision: None, dtype: None, device: Device::Cpu }
     }
 }
 
 impl LoadOptions {
     /// The dtype to load weights as.
     pub fn dtype(&self) -> DType {
-        self.dtype.unwrap_or(if self.device.is_cpu() {
-            DType::F32
-        } else {
-            DType::BF16
-        })
+        self.dtype.unwrap_or(if self.device.is_cpu() { DType::F32 } else { DType::BF16 })
     }
 }
 
@@ -53,47 +45,27 @@ pub fn hub_offline() -> bool {
 
 /// Whether `id` looks like a hub id (`name` or `org/name`).
 pub fn is_hub_id(id: &str) -> bool {
-    let ok = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     match id.split_once('/') {
         Some((org, name)) => ok(org) && ok(name) && !name.contains('/'),
         None => ok(id),
     }
 }
 
-const OPTIONAL_FILES: [&str; 3] = [
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "generation_config.json",
-];
+const OPTIONAL_FILES: [&str; 3] = ["tokenizer_config.json", "chat_template.jinja", "generation_config.json"];
 
 /// Resolves hub `id` to a snapshot folder holding config, tokenizer and safetensors files,
 /// downloading what is missing unless `HF_HUB_OFFLINE` is set.
 pub fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     let revision = revision.unwrap_or("main").to_string();
-    let repo =
-        hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, revision.clone());
-    let hub_err = |reason: String| Error::Hub {
-        id: id.to_string(),
-        reason,
-    };
+    let repo = hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, revision.clone());
+    let hub_err = |reason: String| Error::Hub { id: id.to_string(), reason };
     if hub_offline() {
         let cache = hf_hub::Cache::from_env();
         let cached = cache.repo(repo.clone());
         // A revision given as a commit hash has no refs/ entry; look in its snapshot directly.
-        let snapshot = cache
-            .path()
-            .join(repo.folder_name())
-            .join("snapshots")
-            .join(&revision);
-        let get = |f: &str| {
-            cached
-                .get(f)
-                .or_else(|| Some(snapshot.join(f)).filter(|p| p.exists()))
-        };
+        let snapshot = cache.path().join(repo.folder_name()).join("snapshots").join(&revision);
+        let get = |f: &str| cached.get(f).or_else(|| Some(snapshot.join(f)).filter(|p| p.exists()));
         let missing = |f: &str| {
             hub_err(format!(
                 "`{f}` (revision `{revision}`) is not in the local cache `{}` and HF_HUB_OFFLINE=1 is set; \
@@ -103,10 +75,7 @@ pub fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
         };
         let config = get("config.json").ok_or_else(|| missing("config.json"))?;
         get("tokenizer.json").ok_or_else(|| missing("tokenizer.json"))?;
-        let dir = config
-            .parent()
-            .expect("a cached file has a parent")
-            .to_path_buf();
+        let dir = config.parent().expect("a cached file has a parent").to_path_buf();
         if get("model.safetensors.index.json").is_none() && get("model.safetensors").is_none() {
             return Err(missing("model.safetensors"));
         }
@@ -150,10 +119,7 @@ pub fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
             fetch("model.safetensors")?;
         }
     }
-    Ok(config
-        .parent()
-        .expect("a cached file has a parent")
-        .to_path_buf())
+    Ok(config.parent().expect("a cached file has a parent").to_path_buf())
 }
 
 /// End-of-sequence ids from `generation_config.json`, if the folder has one.
@@ -163,17 +129,11 @@ pub(crate) fn generation_eos_ids(dir: &Path) -> Result<Vec<u32>> {
         return Ok(vec![]);
     }
     let text = crate::error::read_file(&path, "")?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::malformed(&path, format!("not JSON ({e})")))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::malformed(&path, format!("not JSON ({e})")))?;
     Ok(match json.get("eos_token_id") {
-        Some(serde_json::Value::Number(n)) => {
-            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
-        }
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|x| x as u32)
-            .collect(),
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
         _ => vec![],
     })
 }

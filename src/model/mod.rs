@@ -97,8 +97,7 @@ impl Model {
         if !dir.is_dir() {
             return Err(Error::MissingFile {
                 path: dir.to_path_buf(),
-                hint: "pass a folder holding config.json, tokenizer.json and model.safetensors"
-                    .into(),
+                hint: "pass a folder holding config.json, tokenizer.json and model.safetensors".into(),
             });
         }
         let config = Config::from_file(&dir.join("config.json"))?;
@@ -131,17 +130,9 @@ impl Model {
     }
 
     /// Runs the model continuing the sequence in `cache` (and appending to it).
-    pub fn forward_cached(
-        &self,
-        batch: &Batch,
-        capture: &Capture,
-        cache: &mut KvCache,
-    ) -> Result<Activations> {
+    pub fn forward_cached(&self, batch: &Batch, capture: &Capture, cache: &mut KvCache) -> Result<Activations> {
         if batch.lengths.len() != 1 {
-            return Err(Error::invalid(
-                "batch",
-                "cached decoding takes one sequence at a time",
-            ));
+            return Err(Error::invalid("batch", "cached decoding takes one sequence at a time"));
         }
         self.decoder.forward(batch, capture, Some(cache))
     }
@@ -149,10 +140,7 @@ impl Model {
     /// Runs the model so that gradients reach the trainable parameters
     /// (see [`Model::make_trainable`]).
     pub fn forward_train(&self, batch: &Batch, capture: &Capture) -> Result<Activations> {
-        self.train_decoder
-            .as_ref()
-            .unwrap_or(&self.decoder)
-            .forward(batch, capture, None)
+        self.train_decoder.as_ref().unwrap_or(&self.decoder).forward(batch, capture, None)
     }
 
     /// Makes the named parameters trainable and returns their `Var`s, in name order. Calling it
@@ -162,19 +150,14 @@ impl Model {
             if self.vars.contains_key(name) {
                 continue;
             }
-            let t = self.weights.get(name).ok_or_else(|| {
-                Error::invalid(
-                    "parameter",
-                    format!("`{name}` is not a parameter of this model"),
-                )
-            })?;
+            let t = self
+                .weights
+                .get(name)
+                .ok_or_else(|| Error::invalid("parameter", format!("`{name}` is not a parameter of this model")))?;
             self.vars.insert(name.clone(), Var::from_tensor(t)?);
         }
         self.rebuild()?;
-        Ok(names
-            .iter()
-            .map(|n| (n.clone(), self.vars[n].clone()))
-            .collect())
+        Ok(names.iter().map(|n| (n.clone(), self.vars[n].clone())).collect())
     }
 
     /// Makes every parameter a plain tensor again (values kept).
@@ -189,10 +172,7 @@ impl Model {
         for (name, var) in &self.vars {
             self.weights.insert(name.clone(), var.as_tensor().detach());
         }
-        self.decoder = Decoder::load(
-            &weights::WeightSource::new(&self.weights, &self.dir),
-            &self.config,
-        )?;
+        self.decoder = Decoder::load(&weights::WeightSource::new(&self.weights, &self.dir), &self.config)?;
         self.train_decoder = if self.vars.is_empty() {
             None
         } else {
@@ -200,10 +180,7 @@ impl Model {
             for (name, var) in &self.vars {
                 live.insert(name.clone(), var.as_tensor().clone());
             }
-            Some(Decoder::load(
-                &weights::WeightSource::new(&live, &self.dir),
-                &self.config,
-            )?)
+            Some(Decoder::load(&weights::WeightSource::new(&live, &self.dir), &self.config)?)
         };
         Ok(())
     }
@@ -238,23 +215,13 @@ impl Model {
     /// each file written atomically.
     pub fn save_dir(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        for f in [
-            "config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "chat_template.jinja",
-            "generation_config.json",
-        ] {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        for f in
+            ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"]
+        {
             let src = self.dir.join(f);
             if src.exists() && src != dir.join(f) {
-                let bytes = std::fs::read(&src).map_err(|source| Error::Io {
-                    path: src.clone(),
-                    source,
-                })?;
+                let bytes = std::fs::read(&src).map_err(|source| Error::Io { path: src.clone(), source })?;
                 weights::write_atomic(&dir.join(f), &bytes)?;
             }
         }
@@ -283,11 +250,7 @@ impl Model {
 
     /// The weights' dtype.
     pub fn dtype(&self) -> DType {
-        self.weights
-            .values()
-            .next()
-            .map(|t| t.dtype())
-            .unwrap_or(DType::F32)
+        self.weights.values().next().map(|t| t.dtype()).unwrap_or(DType::F32)
     }
 
     /// Where the model was loaded from (folder or hub id).
@@ -317,6 +280,35 @@ impl fmt::Display for Model {
             human_count(self.num_params()),
             self.dtype().as_str()
         )
+    }
+}
+
+impl Clone for Model {
+    /// An independent copy: trainable (`Var`) weights are copied, frozen ones shared (they are
+    /// never written), and the copy starts with nothing trainable.
+    fn clone(&self) -> Self {
+        let weights: Weights = self
+            .weights
+            .iter()
+            .map(|(k, t)| {
+                let t = if self.vars.contains_key(k) { t.copy().expect("tensor copy") } else { t.clone() };
+                (k.clone(), t)
+            })
+            .collect();
+        let decoder = Decoder::load(&weights::WeightSource::new(&weights, &self.dir), &self.config)
+            .expect("the same weights loaded before");
+        Model {
+            config: self.config.clone(),
+            tokenizer: self.tokenizer.clone(),
+            weights,
+            vars: BTreeMap::new(),
+            decoder,
+            train_decoder: None,
+            dir: self.dir.clone(),
+            name: self.name.clone(),
+            eos_ids: self.eos_ids.clone(),
+            device: self.device.clone(),
+        }
     }
 }
 

@@ -77,10 +77,7 @@ impl ModuleKind {
 
     /// True for q, k, v and o.
     pub fn is_attention(self) -> bool {
-        matches!(
-            self,
-            ModuleKind::Q | ModuleKind::K | ModuleKind::V | ModuleKind::O
-        )
+        matches!(self, ModuleKind::Q | ModuleKind::K | ModuleKind::V | ModuleKind::O)
     }
 }
 
@@ -99,12 +96,7 @@ impl FromStr for ModuleKind {
         ModuleKind::ALL
             .into_iter()
             .find(|k| k.short() == s)
-            .ok_or_else(|| {
-                Error::invalid(
-                    "module kind",
-                    format!("`{s}`; expected one of q, k, v, o, gate, up, down"),
-                )
-            })
+            .ok_or_else(|| Error::invalid("module kind", format!("`{s}`; expected one of q, k, v, o, gate, up, down")))
     }
 }
 
@@ -171,22 +163,13 @@ impl FromStr for ModuleId {
         };
         if let Some(rest) = s.strip_prefix('L') {
             let (layer, kind) = rest.split_once('.').ok_or_else(bad)?;
-            return Ok(ModuleId::new(
-                layer.parse().map_err(|_| bad())?,
-                kind.parse().map_err(|_| bad())?,
-            ));
+            return Ok(ModuleId::new(layer.parse().map_err(|_| bad())?, kind.parse().map_err(|_| bad())?));
         }
         let s = s.strip_prefix("model.").unwrap_or(s);
-        let s = s
-            .strip_suffix(".weight")
-            .or_else(|| s.strip_suffix(".bias"))
-            .unwrap_or(s);
+        let s = s.strip_suffix(".weight").or_else(|| s.strip_suffix(".bias")).unwrap_or(s);
         let rest = s.strip_prefix("layers.").ok_or_else(bad)?;
         let (layer, seg) = rest.split_once('.').ok_or_else(bad)?;
-        let kind = ModuleKind::ALL
-            .into_iter()
-            .find(|k| k.hf_segment() == seg)
-            .ok_or_else(bad)?;
+        let kind = ModuleKind::ALL.into_iter().find(|k| k.hf_segment() == seg).ok_or_else(bad)?;
         Ok(ModuleId::new(layer.parse().map_err(|_| bad())?, kind))
     }
 }
@@ -231,9 +214,7 @@ impl ModuleSet {
 
     /// The given kinds in every layer.
     pub fn kinds(num_layers: usize, kinds: &[ModuleKind]) -> Self {
-        (0..num_layers)
-            .flat_map(|l| kinds.iter().map(move |&k| ModuleId::new(l, k)))
-            .collect()
+        (0..num_layers).flat_map(|l| kinds.iter().map(move |&k| ModuleId::new(l, k))).collect()
     }
 
     /// q, k, v, o of every layer.
@@ -248,13 +229,7 @@ impl ModuleSet {
 
     /// Every kind in the given layers.
     pub fn layers(range: std::ops::Range<usize>) -> Self {
-        range
-            .flat_map(|l| {
-                ModuleKind::ALL
-                    .into_iter()
-                    .map(move |k| ModuleId::new(l, k))
-            })
-            .collect()
+        range.flat_map(|l| ModuleKind::ALL.into_iter().map(move |k| ModuleId::new(l, k))).collect()
     }
 
     /// Adds one module; returns whether it was new.
@@ -332,14 +307,7 @@ mod tests {
 
     #[test]
     fn bad_module_ids_are_errors_not_panics() {
-        for s in [
-            "",
-            "L",
-            "Lx.q",
-            "L3.qq",
-            "layers.3.attn.q",
-            "layers.x.self_attn.q_proj",
-        ] {
+        for s in ["", "L", "Lx.q", "L3.qq", "layers.3.attn.q", "layers.x.self_attn.q_proj"] {
             assert!(s.parse::<ModuleId>().is_err(), "{s}");
         }
     }

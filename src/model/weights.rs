@@ -20,38 +20,23 @@ pub struct WeightSource<'a> {
 impl<'a> WeightSource<'a> {
     /// A root view; `origin` (the model folder) is named in errors.
     pub fn new(weights: &'a Weights, origin: &'a Path) -> Self {
-        WeightSource {
-            weights,
-            prefix: String::new(),
-            origin,
-        }
+        WeightSource { weights, prefix: String::new(), origin }
     }
 
     /// The view one segment deeper.
     pub fn pp(&self, segment: &str) -> WeightSource<'a> {
-        let prefix = if self.prefix.is_empty() {
-            segment.to_string()
-        } else {
-            format!("{}.{segment}", self.prefix)
-        };
-        WeightSource {
-            weights: self.weights,
-            prefix,
-            origin: self.origin,
-        }
+        let prefix = if self.prefix.is_empty() { segment.to_string() } else { format!("{}.{segment}", self.prefix) };
+        WeightSource { weights: self.weights, prefix, origin: self.origin }
     }
 
     /// The tensor `name` under this prefix, checked to have `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let full = format!("{}.{name}", self.prefix);
-        let t = self
-            .weights
-            .get(&full)
-            .ok_or_else(|| Error::MissingTensor {
-                name: full.clone(),
-                path: self.origin.to_path_buf(),
-                hint: hint_for(&full).to_string(),
-            })?;
+        let t = self.weights.get(&full).ok_or_else(|| Error::MissingTensor {
+            name: full.clone(),
+            path: self.origin.to_path_buf(),
+            hint: hint_for(&full).to_string(),
+        })?;
         if t.dims() != shape {
             return Err(Error::ShapeMismatch {
                 name: full.clone(),
@@ -87,26 +72,19 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = crate::error::read_file(&index, "")?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::malformed(&index, format!("not JSON ({e})")))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::malformed(&index, format!("not JSON ({e})")))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| Error::malformed(&index, "no `weight_map` object"))?;
-        let mut files: Vec<PathBuf> = map
-            .values()
-            .filter_map(|v| v.as_str())
-            .map(|f| dir.join(f))
-            .collect();
+        let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
         files.sort();
         files.dedup();
         if let Some(missing) = files.iter().find(|f| !f.exists()) {
             return Err(Error::MissingFile {
                 path: missing.clone(),
-                hint: format!(
-                    "it is listed in `{}`; the download may be incomplete",
-                    index.display()
-                ),
+                hint: format!("it is listed in `{}`; the download may be incomplete", index.display()),
             });
         }
         return Ok(files);
@@ -116,19 +94,13 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![single]);
     }
     let pickles: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?
+        .map_err(|source| Error::Io { path: dir.to_path_buf(), source })?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".bin") || n.ends_with(".pth") || n.ends_with(".pt"))
         .collect();
     if !pickles.is_empty() {
-        return Err(Error::PickleOnly {
-            path: dir.to_path_buf(),
-            found: pickles.join(", "),
-        });
+        return Err(Error::PickleOnly { path: dir.to_path_buf(), found: pickles.join(", ") });
     }
     Err(Error::MissingFile {
         path: single,
@@ -145,14 +117,8 @@ pub fn load_safetensors(files: &[PathBuf], dtype: DType, device: &Device) -> Res
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
             .map_err(|e| Error::malformed(f, format!("not a readable safetensors file ({e})")))?;
         for (name, _) in st.tensors() {
-            let t = st
-                .load(&name, device)
-                .map_err(|e| Error::malformed(f, format!("tensor `{name}`: {e}")))?;
-            let t = if t.dtype() == dtype {
-                t
-            } else {
-                t.to_dtype(dtype)?
-            };
+            let t = st.load(&name, device).map_err(|e| Error::malformed(f, format!("tensor `{name}`: {e}")))?;
+            let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
             out.insert(name, t);
         }
     }
@@ -163,32 +129,18 @@ pub fn load_safetensors(files: &[PathBuf], dtype: DType, device: &Device) -> Res
 /// interrupted save never leaves a truncated checkpoint behind.
 pub fn save_safetensors(weights: &Weights, path: &Path) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
-    let tensors: Vec<(String, Tensor)> = weights
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.contiguous()?.detach())))
-        .collect::<Result<_>>()?;
+    let tensors: Vec<(String, Tensor)> =
+        weights.iter().map(|(k, v)| Ok((k.clone(), v.contiguous()?.detach()))).collect::<Result<_>>()?;
     candle_core::safetensors::save(&tensors.into_iter().collect(), &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
 }
 
 /// Writes `bytes` to `path` atomically (a temp file beside it, then a rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!("{name}.tmp"));
-    std::fs::write(&tmp, bytes).map_err(|source| Error::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::write(&tmp, bytes).map_err(|source| Error::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
 }
 
 /// Reads every tensor of one safetensors file, keeping stored dtypes.

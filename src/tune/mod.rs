@@ -1,14 +1,16 @@
 //! Fine-tuning: one trainer for every strategy ([`train`]), its optimizer, schedule and
-//! checkpoints. Strategies (plain IFT now; ML-LR, SWAT and the controls build on
-//! [`LrGroup`]s) only decide which parameters get which learning-rate scale.
+//! checkpoints, and safety measured along a training trajectory ([`safety_curve`]).
+//! Strategies (plain IFT now; ML-LR, SWAT and the controls build on [`LrGroup`]s) only decide
+//! which parameters get which learning-rate scale.
 
+mod curve;
 mod optim;
 mod schedule;
 mod trainer;
 
+pub use curve::{safety_curve, CurvePoint, SafetyCurve, SafetyEvalSets};
 pub use optim::{AdamW, AdamWParams};
 pub use schedule::Schedule;
 pub use trainer::{
-    checkpoint, clip_global_norm, encode_examples, train, Example, LrGroup, TrainConfig,
-    TrainReport,
+    checkpoint, clip_global_norm, encode_examples, train, train_observed, Example, LrGroup, TrainConfig, TrainReport,
 };

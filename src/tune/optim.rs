@@ -24,12 +24,7 @@ pub struct AdamWParams {
 
 impl Default for AdamWParams {
     fn default() -> Self {
-        AdamWParams {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
+        AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
     }
 }
 
@@ -57,31 +52,15 @@ impl AdamW {
             .map(|(name, var)| {
                 let zeros = var.as_tensor().zeros_like()?;
                 let decay = var.as_tensor().rank() == 2;
-                Ok((
-                    name.clone(),
-                    Slot {
-                        var: var.clone(),
-                        m: zeros.clone(),
-                        v: zeros,
-                        decay,
-                    },
-                ))
+                Ok((name.clone(), Slot { var: var.clone(), m: zeros.clone(), v: zeros, decay }))
             })
             .collect::<Result<_>>()?;
-        Ok(AdamW {
-            slots,
-            params,
-            step: 0,
-        })
+        Ok(AdamW { slots, params, step: 0 })
     }
 
     /// Applies one update. `grads` holds each parameter's gradient by name (missing = zero);
     /// `lr(name)` gives its learning rate this step.
-    pub fn step(
-        &mut self,
-        grads: &BTreeMap<String, Tensor>,
-        lr: impl Fn(&str) -> f64,
-    ) -> Result<()> {
+    pub fn step(&mut self, grads: &BTreeMap<String, Tensor>, lr: impl Fn(&str) -> f64) -> Result<()> {
         self.step += 1;
         let p = self.params;
         let t = self.step as i32;
@@ -93,11 +72,8 @@ impl AdamW {
             slot.v = ((&slot.v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let update = ((&slot.m / c1)? / ((&slot.v / c2)?.sqrt()? + p.eps)?)?;
             let w = slot.var.as_tensor();
-            let decayed = if slot.decay && p.weight_decay > 0.0 {
-                (w * (1.0 - lr * p.weight_decay))?
-            } else {
-                w.clone()
-            };
+            let decayed =
+                if slot.decay && p.weight_decay > 0.0 { (w * (1.0 - lr * p.weight_decay))? } else { w.clone() };
             slot.var.set(&(decayed - (update * lr)?)?)?;
         }
         Ok(())

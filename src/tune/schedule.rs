@@ -29,10 +29,8 @@ impl Schedule {
             return (step + 1) as f64 / self.warmup_steps as f64;
         }
         let decay_steps = self.total_steps.saturating_sub(self.warmup_steps).max(1);
-        let progress =
-            ((step - self.warmup_steps) as f64 / (decay_steps - 1).max(1) as f64).min(1.0);
+        let progress = ((step - self.warmup_steps) as f64 / (decay_steps - 1).max(1) as f64).min(1.0);
         // Cosine from 1 down to min_ratio.
-        self.min_ratio
-            + (1.0 - self.min_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
     }
 }

@@ -49,26 +49,17 @@ pub fn encode_examples(model: &Model, records: &[Record], max_len: usize) -> Res
                 ids
             };
             // Drop what the template writes after the end-of-turn token (e.g. a newline).
-            if let Some(end) = ids[prompt.len()..]
-                .iter()
-                .position(|t| model.eos_ids().contains(t))
-            {
+            if let Some(end) = ids[prompt.len()..].iter().position(|t| model.eos_ids().contains(t)) {
                 ids.truncate(prompt.len() + end + 1);
             }
             ids.truncate(max_len);
             if ids.len() <= prompt.len() {
                 return Err(Error::invalid(
                     "training record",
-                    format!(
-                        "{:?}: the prompt alone fills max_len {max_len}; raise max_len",
-                        r.instruction
-                    ),
+                    format!("{:?}: the prompt alone fills max_len {max_len}; raise max_len", r.instruction),
                 ));
             }
-            Ok(Example {
-                ids,
-                loss_start: prompt.len(),
-            })
+            Ok(Example { ids, loss_start: prompt.len() })
         })
         .collect()
 }
@@ -197,13 +188,21 @@ struct TrainerState {
 /// # Ok::<(), secure_tuning::Error>(())
 /// ```
 pub fn train(model: &mut Model, examples: &[Example], cfg: &TrainConfig) -> Result<TrainReport> {
+    train_observed(model, examples, cfg, usize::MAX, |_, _| Ok(()))
+}
+
+/// [`train`], calling `observe(model, report)` before step 1 and after every `every` steps
+/// (and after the last), e.g. to evaluate along the training trajectory.
+pub fn train_observed(
+    model: &mut Model,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    every: usize,
+    mut observe: impl FnMut(&Model, &TrainReport) -> Result<()>,
+) -> Result<TrainReport> {
     validate(cfg, examples)?;
     let groups = if cfg.groups.is_empty() {
-        vec![LrGroup {
-            name: "all".into(),
-            params: model.weights().keys().cloned().collect(),
-            lr_scale: 1.0,
-        }]
+        vec![LrGroup { name: "all".into(), params: model.weights().keys().cloned().collect(), lr_scale: 1.0 }]
     } else {
         cfg.groups.clone()
     };
@@ -211,54 +210,29 @@ pub fn train(model: &mut Model, examples: &[Example], cfg: &TrainConfig) -> Resu
     for g in &groups {
         for p in &g.params {
             if !model.weights().contains_key(p) {
-                return Err(Error::invalid(
-                    "LR group",
-                    format!("`{}` names `{p}`, which is not a parameter", g.name),
-                ));
+                return Err(Error::invalid("LR group", format!("`{}` names `{p}`, which is not a parameter", g.name)));
             }
             if scale.insert(p.clone(), g.lr_scale).is_some() {
-                return Err(Error::invalid(
-                    "LR group",
-                    format!("`{p}` is in more than one group"),
-                ));
+                return Err(Error::invalid("LR group", format!("`{p}` is in more than one group")));
             }
         }
     }
     // Frozen (scale 0) parameters never become Vars, so they cannot change.
-    let trainable: Vec<String> = scale
-        .iter()
-        .filter(|(_, &s)| s > 0.0)
-        .map(|(n, _)| n.clone())
-        .collect();
+    let trainable: Vec<String> = scale.iter().filter(|(_, &s)| s > 0.0).map(|(n, _)| n.clone()).collect();
     let vars = model.make_trainable(&trainable)?;
-    let mut opt = AdamW::new(
-        &vars,
-        AdamWParams {
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-    )?;
+    let mut opt = AdamW::new(&vars, AdamWParams { weight_decay: cfg.weight_decay, ..Default::default() })?;
 
     let per_step = cfg.batch_size * cfg.grad_accum;
-    let total_steps = cfg.max_steps.unwrap_or_else(|| {
-        ((cfg.epochs * examples.len() as f64) / per_step as f64)
-            .ceil()
-            .max(1.0) as usize
-    });
+    let total_steps = cfg
+        .max_steps
+        .unwrap_or_else(|| ((cfg.epochs * examples.len() as f64) / per_step as f64).ceil().max(1.0) as usize);
     let schedule = Schedule {
         warmup_steps: ((total_steps as f64 * cfg.warmup_ratio).round() as usize).max(1),
         total_steps,
         min_ratio: cfg.min_lr_ratio,
     };
-    let mut report = TrainReport {
-        steps: 0,
-        total_steps,
-        losses: vec![],
-        lrs: vec![],
-        tokens: 0,
-        seconds: 0.0,
-        finished: false,
-    };
+    let mut report =
+        TrainReport { steps: 0, total_steps, losses: vec![], lrs: vec![], tokens: 0, seconds: 0.0, finished: false };
     if cfg.resume {
         if let Some(dir) = &cfg.checkpoint_dir {
             if let Some(state) = checkpoint::restore(dir, model, &mut opt, &vars)? {
@@ -278,15 +252,15 @@ pub fn train(model: &mut Model, examples: &[Example], cfg: &TrainConfig) -> Resu
         }
     }
     print_plan(&groups, model, cfg.log_every_secs.is_some());
+    if every != usize::MAX && report.steps == 0 {
+        observe(model, &report)?;
+    }
 
     let order = DataOrder::new(examples.len(), cfg.batch_size, cfg.seed);
     let start = Instant::now();
     let seconds_before = report.seconds;
     let mut last_log = Instant::now();
-    let mut last_ckpt: Option<PathBuf> = cfg
-        .checkpoint_dir
-        .as_ref()
-        .and_then(|d| checkpoint::latest(d));
+    let mut last_ckpt: Option<PathBuf> = cfg.checkpoint_dir.as_ref().and_then(|d| checkpoint::latest(d));
     let first_step = report.steps;
     while report.steps < total_steps {
         let step = report.steps;
@@ -303,12 +277,7 @@ pub fn train(model: &mut Model, examples: &[Example], cfg: &TrainConfig) -> Resu
                     Some(p) => format!("last good checkpoint kept at `{}`", p.display()),
                     None => "no checkpoint was written (set a checkpoint dir to keep one)".into(),
                 };
-                return Err(Error::NonFiniteLoss {
-                    loss: value,
-                    step: step + 1,
-                    lr,
-                    kept,
-                });
+                return Err(Error::NonFiniteLoss { loss: value, step: step + 1, lr, kept });
             }
             step_loss += value / cfg.grad_accum as f32;
             report.tokens += n_tokens;
@@ -332,17 +301,12 @@ pub fn train(model: &mut Model, examples: &[Example], cfg: &TrainConfig) -> Resu
         report.lrs.push((report.steps, lr));
         report.seconds = seconds_before + start.elapsed().as_secs_f64();
         let out_of_time = cfg.time_budget.is_some_and(|b| start.elapsed() >= b)
-            || cfg
-                .step_budget
-                .is_some_and(|b| report.steps - first_step >= b);
+            || cfg.step_budget.is_some_and(|b| report.steps - first_step >= b);
         let done = report.steps == total_steps;
         report.finished = done;
         if let Some(dir) = &cfg.checkpoint_dir {
             if done || out_of_time || report.steps % cfg.checkpoint_every.max(1) == 0 {
-                let state = TrainerState {
-                    report: report.clone(),
-                    config: cfg.clone(),
-                };
+                let state = TrainerState { report: report.clone(), config: cfg.clone() };
                 last_ckpt = Some(checkpoint::save(dir, model, &opt, &state)?);
             }
         }
@@ -361,6 +325,9 @@ pub fn train(model: &mut Model, examples: &[Example], cfg: &TrainConfig) -> Resu
                 );
             }
         }
+        if every != usize::MAX && (report.steps % every.max(1) == 0 || done) {
+            observe(model, &report)?;
+        }
         if out_of_time && !done {
             break;
         }
@@ -374,40 +341,20 @@ fn validate(cfg: &TrainConfig, examples: &[Example]) -> Result<()> {
         return bad("training data", "no examples".into());
     }
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
-        return bad(
-            "learning rate",
-            format!("{} must be a positive number", cfg.lr),
-        );
+        return bad("learning rate", format!("{} must be a positive number", cfg.lr));
     }
     if cfg.batch_size == 0 || cfg.grad_accum == 0 {
-        return bad(
-            "batch",
-            "batch size and gradient accumulation must be at least 1".into(),
-        );
+        return bad("batch", "batch size and gradient accumulation must be at least 1".into());
     }
     if cfg.max_steps == Some(0)
-        || (cfg.max_steps.is_none()
-            && cfg.epochs.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+        || (cfg.max_steps.is_none() && cfg.epochs.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
     {
-        return bad(
-            "training length",
-            "need max_steps >= 1 or epochs > 0".into(),
-        );
+        return bad("training length", "need max_steps >= 1 or epochs > 0".into());
     }
-    if let Some(g) = cfg
-        .groups
-        .iter()
-        .find(|g| !(g.lr_scale >= 0.0 && g.lr_scale.is_finite()))
-    {
-        return bad(
-            "LR group",
-            format!("`{}` has scale {}; scales must be >= 0", g.name, g.lr_scale),
-        );
+    if let Some(g) = cfg.groups.iter().find(|g| !(g.lr_scale >= 0.0 && g.lr_scale.is_finite())) {
+        return bad("LR group", format!("`{}` has scale {}; scales must be >= 0", g.name, g.lr_scale));
     }
-    if cfg
-        .clip_norm
-        .is_some_and(|c| c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
-    {
+    if cfg.clip_norm.is_some_and(|c| c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)) {
         return bad("clip norm", "must be positive".into());
     }
     Ok(())
@@ -419,18 +366,8 @@ fn print_plan(groups: &[LrGroup], model: &Model, verbose: bool) {
         return;
     }
     for g in groups {
-        let n: usize = g
-            .params
-            .iter()
-            .map(|p| model.weights()[p].elem_count())
-            .sum();
-        println!(
-            "group {:<8} lr x{:<5} {:>4} tensors {:>10} params",
-            g.name,
-            g.lr_scale,
-            g.params.len(),
-            n
-        );
+        let n: usize = g.params.iter().map(|p| model.weights()[p].elem_count()).sum();
+        println!("group {:<8} lr x{:<5} {:>4} tensors {:>10} params", g.name, g.lr_scale, g.params.len(), n);
     }
 }
 
@@ -449,10 +386,7 @@ fn response_loss(model: &Model, batch: &[&Example]) -> Result<(Tensor, usize)> {
     }
     let n = targets.len();
     let capture = Capture::logits().with_logits(LogitsMode::Rows(rows));
-    let logits = model
-        .forward_train(&input, &capture)?
-        .logits()?
-        .to_dtype(DType::F32)?; // (n, vocab)
+    let logits = model.forward_train(&input, &capture)?.logits()?.to_dtype(DType::F32)?; // (n, vocab)
     let targets = Tensor::new(targets.as_slice(), model.device())?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let picked = logp.gather(&targets.unsqueeze(1)?, 1)?; // (n, 1)
@@ -463,11 +397,7 @@ fn response_loss(model: &Model, batch: &[&Example]) -> Result<(Tensor, usize)> {
 pub fn clip_global_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads.values() {
-        sq += g
-            .to_dtype(DType::F32)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64;
+        sq += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
     }
     let norm = sq.sqrt();
     if norm > max_norm {
@@ -489,11 +419,7 @@ struct DataOrder {
 
 impl DataOrder {
     fn new(n: usize, batch_size: usize, seed: u64) -> Self {
-        DataOrder {
-            n,
-            batch_size: batch_size.min(n),
-            seed,
-        }
+        DataOrder { n, batch_size: batch_size.min(n), seed }
     }
 
     fn batch(&self, k: usize) -> Vec<usize> {
@@ -518,12 +444,7 @@ pub mod checkpoint {
         p.is_dir().then_some(p)
     }
 
-    pub(super) fn save(
-        dir: &Path,
-        model: &Model,
-        opt: &AdamW,
-        state: &TrainerState,
-    ) -> Result<PathBuf> {
+    pub(super) fn save(dir: &Path, model: &Model, opt: &AdamW, state: &TrainerState) -> Result<PathBuf> {
         let name = format!("step-{:06}", state.report.steps);
         let final_dir = dir.join(&name);
         let tmp = dir.join(format!("{name}.tmp"));
@@ -533,25 +454,15 @@ pub mod checkpoint {
         let json = serde_json::to_vec_pretty(state).expect("state serialises");
         crate::model::write_atomic(&tmp.join("trainer_state.json"), &json)?;
         let _ = std::fs::remove_dir_all(&final_dir);
-        std::fs::rename(&tmp, &final_dir).map_err(|source| Error::Io {
-            path: final_dir.clone(),
-            source,
-        })?;
+        std::fs::rename(&tmp, &final_dir).map_err(|source| Error::Io { path: final_dir.clone(), source })?;
         let previous = latest(dir);
         crate::model::write_atomic(&dir.join("latest"), name.as_bytes())?;
         // Keep the newest two, so a checkpoint that turns out bad still has a predecessor.
         if let Some(prev) = previous {
             let mut all: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(|source| Error::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                })?
+                .map_err(|source| Error::Io { path: dir.to_path_buf(), source })?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.is_dir()
-                        && p.file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
-                })
+                .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
                 .filter(|p| p.extension().is_none())
                 .collect();
             all.sort();
@@ -573,8 +484,8 @@ pub mod checkpoint {
         };
         let state_path = ckpt.join("trainer_state.json");
         let text = crate::error::read_file(&state_path, "the checkpoint is incomplete")?;
-        let state: TrainerState = serde_json::from_str(&text)
-            .map_err(|e| Error::malformed(&state_path, e.to_string()))?;
+        let state: TrainerState =
+            serde_json::from_str(&text).map_err(|e| Error::malformed(&state_path, e.to_string()))?;
         let weights = crate::model::load_tensors(&ckpt.join("model.safetensors"), model.device())?;
         for (name, var) in vars {
             let w = weights.get(name).ok_or_else(|| Error::MissingTensor {
@@ -584,8 +495,7 @@ pub mod checkpoint {
             })?;
             var.set(&w.to_dtype(var.dtype())?)?;
         }
-        let opt_state =
-            crate::model::load_tensors(&ckpt.join("optimizer.safetensors"), model.device())?;
+        let opt_state = crate::model::load_tensors(&ckpt.join("optimizer.safetensors"), model.device())?;
         opt.load_state(&opt_state, state.report.steps)?;
         Ok(Some(state))
     }
