@@ -70,12 +70,12 @@ impl Default for Recipe {
             max_len: 96,
             pretrain: TrainConfig {
                 lr: 2e-3,
-                epochs: 8.0,
+                epochs: 7.0,
                 batch_size: 32,
                 warmup_ratio: 0.03,
                 ..TrainConfig::default()
             },
-            align: TrainConfig { lr: 5e-4, epochs: 6.0, batch_size: 32, warmup_ratio: 0.05, ..TrainConfig::default() },
+            align: TrainConfig { lr: 5e-4, epochs: 4.0, batch_size: 32, warmup_ratio: 0.05, ..TrainConfig::default() },
             align_task_share: 0.6,
         }
     }
