@@ -100,7 +100,7 @@ impl Recipe {
             num_layers: 2,
             num_heads: 4,
             num_kv_heads: 2,
-            pretrain: TrainConfig { max_steps: Some(20), log_every_secs: None, ..r.pretrain },
+            pretrain: TrainConfig { max_steps: Some(60), log_every_secs: None, ..r.pretrain },
             align: TrainConfig { max_steps: Some(10), log_every_secs: None, ..r.align },
             ..r
         }

@@ -23,7 +23,8 @@ fn benign_fine_tuning_erodes_refusals_while_the_new_tasks_are_learned() {
         harmless: split(&data.harmless, "eval", 100),
         tasks: split(&data.ift_general, "eval", 100),
     };
-    let cfg = TrainConfig { lr: 2e-4, max_steps: Some(150), batch_size: 16, log_every_secs: None, ..Default::default() };
+    let cfg =
+        TrainConfig { lr: 2e-4, max_steps: Some(150), batch_size: 16, log_every_secs: None, ..Default::default() };
     let eval = EvalConfig { max_new_tokens: 16, ..Default::default() };
     let train = split(&data.ift_general, "train", usize::MAX);
     let curve = safety_curve("plain", &base, &train, &cfg, &sets, 150, &eval).unwrap();
