@@ -7,7 +7,7 @@
 //! are that command's output.
 
 use crate::data::synthetic::{self, helpful_answer, SyntheticConfig, SyntheticData};
-use crate::data::{Record, Rng};
+use crate::data::{split, Record, Rng};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalConfig, EvalReport};
 use crate::model::{save_safetensors, write_atomic, Model, Weights};
@@ -226,14 +226,6 @@ fn random_weights(cfg: &crate::model::Config, seed: u64) -> Result<Weights> {
     Ok(w)
 }
 
-fn train_split(records: &[Record]) -> Vec<Record> {
-    records.iter().filter(|r| r.split == "train").cloned().collect()
-}
-
-fn eval_split(records: &[Record]) -> Vec<Record> {
-    records.iter().filter(|r| r.split == "eval").cloned().collect()
-}
-
 /// Runs the whole recipe: writes the datasets into `data_dir` and the model into `out`.
 pub fn build_default(recipe: &Recipe, data_dir: &Path, out: &Path) -> Result<BuildReport> {
     let start = Instant::now();
@@ -253,8 +245,8 @@ pub fn build_default(recipe: &Recipe, data_dir: &Path, out: &Path) -> Result<Bui
     println!("default model: {model}");
 
     // Phase 1, capability first: every request gets a compliant answer.
-    let mut pre: Vec<Record> = train_split(&data.tasks);
-    for r in train_split(&data.harmful).into_iter().chain(train_split(&data.harmless)) {
+    let mut pre: Vec<Record> = split(&data.tasks, "train");
+    for r in split(&data.harmful, "train").into_iter().chain(split(&data.harmless, "train")) {
         let act = act_of(&r.instruction);
         pre.push(Record { output: helpful_answer(&act), ..r });
     }
@@ -263,9 +255,9 @@ pub fn build_default(recipe: &Recipe, data_dir: &Path, out: &Path) -> Result<Bui
     let pretrain = train(&mut model, &pre_ex, &recipe.pretrain)?;
 
     // Phase 2, alignment: refuse harmful requests, help their twins, keep the tasks.
-    let mut align: Vec<Record> = train_split(&data.harmful);
-    align.extend(train_split(&data.harmless));
-    let mut tasks = train_split(&data.tasks);
+    let mut align: Vec<Record> = split(&data.harmful, "train");
+    align.extend(split(&data.harmless, "train"));
+    let mut tasks = split(&data.tasks, "train");
     Rng::new(recipe.seed).shuffle(&mut tasks);
     tasks.truncate((tasks.len() as f64 * recipe.align_task_share).round() as usize);
     align.extend(tasks);
@@ -276,9 +268,9 @@ pub fn build_default(recipe: &Recipe, data_dir: &Path, out: &Path) -> Result<Bui
     model.freeze_all()?;
     let eval = evaluate(
         &model,
-        &eval_split(&data.harmful),
-        &eval_split(&data.harmless),
-        &eval_split(&data.tasks),
+        &split(&data.harmful, "eval"),
+        &split(&data.harmless, "eval"),
+        &split(&data.tasks, "eval"),
         &EvalConfig::default(),
     )?;
     model.save_dir(&work)?;

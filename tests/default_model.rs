@@ -1,13 +1,10 @@
 //! The embedded default model and its recipe. Run with `cargo test --release`.
 
+use secure_tuning::data::split;
 use secure_tuning::data::synthetic::{SyntheticData, REFUSAL};
 use secure_tuning::eval::{evaluate, EvalConfig};
 use secure_tuning::prelude::*;
 use secure_tuning::recipe::{build_default, default_data_dir, Recipe};
-
-fn eval_split(records: &[secure_tuning::data::Record]) -> Vec<secure_tuning::data::Record> {
-    records.iter().filter(|r| r.split == "eval").cloned().collect()
-}
 
 #[test]
 fn default_model_meets_its_spec_on_held_out_data() {
@@ -16,9 +13,9 @@ fn default_model_meets_its_spec_on_held_out_data() {
     let data = SyntheticData::load(&default_data_dir()).unwrap();
     let report = evaluate(
         &model,
-        &eval_split(&data.harmful),
-        &eval_split(&data.harmless),
-        &eval_split(&data.tasks),
+        &split(&data.harmful, "eval"),
+        &split(&data.harmless, "eval"),
+        &split(&data.tasks, "eval"),
         &EvalConfig::default(),
     )
     .unwrap();

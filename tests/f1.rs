@@ -4,14 +4,14 @@
 //! new tasks rises. Run with `cargo test --release` (about two minutes on 2 cores).
 
 use secure_tuning::data::synthetic::SyntheticData;
-use secure_tuning::data::Record;
+use secure_tuning::data::{split, Record};
 use secure_tuning::eval::EvalConfig;
 use secure_tuning::prelude::*;
 use secure_tuning::recipe::default_data_dir;
 use secure_tuning::tune::{safety_curve, SafetyEvalSets, TrainConfig};
 
-fn split(records: &[Record], name: &str, limit: usize) -> Vec<Record> {
-    records.iter().filter(|r| r.split == name).take(limit).cloned().collect()
+fn first(records: &[Record], name: &str, limit: usize) -> Vec<Record> {
+    split(records, name).into_iter().take(limit).collect()
 }
 
 #[test]
@@ -19,14 +19,14 @@ fn benign_fine_tuning_erodes_refusals_while_the_new_tasks_are_learned() {
     let base = Model::load("default").unwrap();
     let data = SyntheticData::load(&default_data_dir()).unwrap();
     let sets = SafetyEvalSets {
-        harmful: split(&data.harmful, "eval", 100),
-        harmless: split(&data.harmless, "eval", 100),
-        tasks: split(&data.ift_general, "eval", 100),
+        harmful: first(&data.harmful, "eval", 100),
+        harmless: first(&data.harmless, "eval", 100),
+        tasks: first(&data.ift_general, "eval", 100),
     };
     let cfg =
         TrainConfig { lr: 2e-4, max_steps: Some(150), batch_size: 16, log_every_secs: None, ..Default::default() };
     let eval = EvalConfig { max_new_tokens: 16, ..Default::default() };
-    let train = split(&data.ift_general, "train", usize::MAX);
+    let train = split(&data.ift_general, "train");
     let curve = safety_curve("plain", &base, &train, &cfg, &sets, 150, &eval).unwrap();
     let (before, after) = (curve.points[0], *curve.points.last().unwrap());
     eprintln!("F1: before {before:?}\n    after  {after:?}");

@@ -162,7 +162,13 @@ pub fn save_jsonl(records: &[Record], path: &Path) -> Result<()> {
     crate::model::write_atomic(path, out.as_bytes())
 }
 
-/// The records of one split.
-pub fn split<'a>(records: &'a [Record], name: &str) -> Vec<&'a Record> {
-    records.iter().filter(|r| r.split == name).collect()
+/// Copies of the records of one split (`train` or `eval`).
+///
+/// ```
+/// use secure_tuning::data::{split, Record};
+/// let rs = vec![Record { split: "eval".into(), ..Record::new("a", "b") }, Record::new("c", "d")];
+/// assert_eq!(split(&rs, "eval").len(), 1);
+/// ```
+pub fn split(records: &[Record], name: &str) -> Vec<Record> {
+    records.iter().filter(|r| r.split == name).cloned().collect()
 }
