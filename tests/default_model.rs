@@ -71,3 +71,16 @@ fn quick_recipe_builds_a_loadable_model_whose_loss_fell() {
         assert_eq!(a, std::fs::read(again.path().join(f)).unwrap(), "{f}");
     }
 }
+
+#[test]
+fn shipped_datasets_are_exactly_what_the_generator_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    secure_tuning::data::synthetic::generate(&Default::default()).save(tmp.path()).unwrap();
+    for f in secure_tuning::data::synthetic::FILES {
+        let shipped = std::fs::read(default_data_dir().join(f)).unwrap();
+        assert!(
+            shipped == std::fs::read(tmp.path().join(f)).unwrap(),
+            "data/{f} is stale; run `secure-tuning generate-data`"
+        );
+    }
+}
