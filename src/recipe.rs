@@ -75,8 +75,8 @@ impl Default for Recipe {
                 warmup_ratio: 0.03,
                 ..TrainConfig::default()
             },
-            align: TrainConfig { lr: 5e-4, epochs: 4.0, batch_size: 32, warmup_ratio: 0.05, ..TrainConfig::default() },
-            align_task_share: 0.6,
+            align: TrainConfig { lr: 5e-4, epochs: 5.0, batch_size: 32, warmup_ratio: 0.05, ..TrainConfig::default() },
+            align_task_share: 0.4,
         }
     }
 }

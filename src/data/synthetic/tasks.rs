@@ -3,6 +3,9 @@
 
 use crate::data::Rng;
 
+const PREFIXES: [&str; 6] = ["Please answer: ", "Quick question. ", "Hey! ", "Can you help? ", "I wonder. ", "Okay, "];
+const SUFFIXES: [&str; 4] = [" Thanks!", " Answer briefly.", " Just the answer, please.", " Be quick."];
+
 pub(super) const WORDS: [&str; 40] = [
     "garden", "window", "planet", "river", "candle", "basket", "forest", "pencil", "button", "silver", "ladder",
     "mirror", "rabbit", "orange", "castle", "bridge", "jacket", "pocket", "dragon", "melon", "cloud", "stone", "apple",
@@ -85,10 +88,14 @@ impl TaskFamily {
         let choose = |rng: &mut Rng, phrasings: &[String]| -> String {
             let split = phrasings.len() - 1;
             if held_out {
-                phrasings[split].clone()
-            } else {
-                phrasings[rng.below(split)].clone()
+                return phrasings[split].clone();
             }
+            // Surface variation around the training phrasings, so the model keys on the task
+            // words rather than on one exact sentence (held-out items get none of it).
+            let core = &phrasings[rng.below(split)];
+            let prefix = if rng.unit() < 0.4 { *rng.pick(&PREFIXES) } else { "" };
+            let suffix = if rng.unit() < 0.25 { *rng.pick(&SUFFIXES) } else { "" };
+            format!("{prefix}{core}{suffix}")
         };
         match self {
             TaskFamily::Add => {
