@@ -150,7 +150,8 @@ pub struct Config {
     pub bos_token_id: Option<u32>,
 }
 
-fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
+/// Token ids written as one number or a list of numbers (`eos_token_id` and friends).
+pub(crate) fn token_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
         Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
         Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
@@ -251,8 +252,8 @@ impl Config {
             o_bias: arch == Arch::Llama && attention_bias,
             mlp_bias: arch == Arch::Llama && hf.mlp_bias.unwrap_or(false),
             sliding_window,
-            eos_token_ids: token_ids(&hf.eos_token_id),
-            bos_token_id: token_ids(&hf.bos_token_id).first().copied(),
+            eos_token_ids: token_ids(hf.eos_token_id.as_ref()),
+            bos_token_id: token_ids(hf.bos_token_id.as_ref()).first().copied(),
         })
     }
 

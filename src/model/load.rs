@@ -101,18 +101,8 @@ pub fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     }
     match remote.get("model.safetensors.index.json") {
         Ok(index) => {
-            let text = crate::error::read_file(&index, "")?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::malformed(&index, e.to_string()))?;
-            let mut shards: Vec<&str> = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .map(|m| m.values().filter_map(|v| v.as_str()).collect())
-                .unwrap_or_default();
-            shards.sort();
-            shards.dedup();
-            for s in shards {
-                fetch(s)?;
+            for shard in super::weights::shard_names(&index)? {
+                fetch(&shard)?;
             }
         }
         Err(_) => {
@@ -131,9 +121,5 @@ pub(crate) fn generation_eos_ids(dir: &Path) -> Result<Vec<u32>> {
     let text = crate::error::read_file(&path, "")?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::malformed(&path, format!("not JSON ({e})")))?;
-    Ok(match json.get("eos_token_id") {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
-        _ => vec![],
-    })
+    Ok(super::config::token_ids(json.get("eos_token_id")))
 }

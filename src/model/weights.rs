@@ -66,21 +66,27 @@ fn hint_for(name: &str) -> &'static str {
     }
 }
 
+/// The shard file names listed in a `model.safetensors.index.json`, sorted, without repeats.
+pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = crate::error::read_file(index, "")?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::malformed(index, format!("not JSON ({e})")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::malformed(index, "no `weight_map` object"))?;
+    let mut names: Vec<String> = map.values().filter_map(|v| v.as_str()).map(str::to_string).collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
 /// The safetensors files of a model folder: `model.safetensors`, or the shards listed in
 /// `model.safetensors.index.json`. A folder with only pickled weights is refused.
 pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = crate::error::read_file(&index, "")?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::malformed(&index, format!("not JSON ({e})")))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| Error::malformed(&index, "no `weight_map` object"))?;
-        let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
-        files.sort();
-        files.dedup();
+        let files: Vec<PathBuf> = shard_names(&index)?.iter().map(|f| dir.join(f)).collect();
         if let Some(missing) = files.iter().find(|f| !f.exists()) {
             return Err(Error::MissingFile {
                 path: missing.clone(),
