@@ -5,9 +5,10 @@
 //!
 //! The pipeline, in data-flow order: **load** a model ([`Model::load`]) → read its hidden
 //! states ([`Model::forward`] with a [`model::Capture`]) → probe → robustness → search →
-//! tune → eval → display. This version provides the foundation: a hooked
-//! Llama / Qwen2 / Mistral decoder with Hugging Face parity, module identities
-//! ([`model::ModuleId`], [`model::ModuleSet`]), chat templates and KV-cache generation.
+//! tune → eval → display: [`probe::probe_all`] fits the security feature classifier per layer,
+//! [`robustness::Robustness::measure`] scores every module group, [`robustness::Robustness::search`]
+//! finds Mods_Robust, [`tune`] fine-tunes with per-group learning rates and [`eval`] measures
+//! refusals and task skill.
 //!
 //! ```
 //! use secure_tuning::prelude::*;
@@ -26,7 +27,10 @@ pub mod display;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod probe;
 pub mod recipe;
+pub mod robustness;
+pub mod search;
 pub mod tune;
 
 pub use error::{Error, Result};

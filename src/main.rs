@@ -10,7 +10,10 @@ use secure_tuning::data::{load_records, Record};
 use secure_tuning::display::{line_chart, Series};
 use secure_tuning::eval::{evaluate, EvalConfig};
 use secure_tuning::prelude::*;
+use secure_tuning::probe::{probe_all, ProbeData, ProbeReport};
 use secure_tuning::recipe::Recipe;
+use secure_tuning::robustness::{Measure, Mode, Robustness, RobustnessConfig};
+use secure_tuning::search::SearchConfig;
 use secure_tuning::tune::{encode_examples, safety_curve, train, CurvePoint, SafetyEvalSets, TrainConfig};
 use serde_json::json;
 use std::path::PathBuf;
@@ -38,6 +41,108 @@ enum Command {
     GenerateData(GenerateArgs),
     /// Rebuild the embedded default model and its datasets from the project's seeded recipe.
     BuildDefault(BuildArgs),
+    /// Security feature classifier: a linear probe per layer, harmful vs harmless instructions.
+    Probe(ProbeArgs),
+    /// Module robustness: the [module kind x layer] sensitivity matrix and its heatmap.
+    Robustness(RobustnessArgs),
+    /// Proxy-guided search for Mods_Robust, the robust module set.
+    Search(SearchArgs),
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Harmful instructions (JSONL/JSON/CSV with `instruction`); default: the default model's held-out set.
+    #[arg(long, requires = "harmless")]
+    harmful: Option<PathBuf>,
+    /// Harmless instructions (e.g. the harmful ones' twins); default: the held-out twins.
+    #[arg(long, requires = "harmful")]
+    harmless: Option<PathBuf>,
+    /// One JSONL file of `{"instruction", "label"}` lines instead of two files.
+    #[arg(long, conflicts_with_all = ["harmful", "harmless"])]
+    labelled: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Write the charts (SVG) and the full result (JSON) into this folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl ProbeArgs {
+    fn data(&self) -> Result<ProbeData> {
+        match (&self.labelled, &self.harmful, &self.harmless) {
+            (Some(path), _, _) => ProbeData::from_labelled_jsonl(path),
+            (None, Some(_), Some(_)) => Ok(ProbeData::from_records(
+                &load_set(&self.harmful, "harmful.jsonl", None, None)?,
+                &load_set(&self.harmless, "harmless.jsonl", None, None)?,
+            )),
+            _ => ProbeData::default_twins(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct RobustnessArgs {
+    #[command(flatten)]
+    probe: ProbeArgs,
+    /// Benign IFT data for the update mode: `general`, `expertise` (the default model's sets) or a file.
+    #[arg(long, default_value = "general")]
+    data: String,
+    /// How each module group is changed: perturb, update or adversarial.
+    #[arg(long, default_value = "update")]
+    mode: Mode,
+    /// What is read after the change: refusal-log-prob, feature-drift or probe-margin.
+    #[arg(long, default_value = "refusal-log-prob")]
+    measure: Measure,
+    /// Seeds (comma-separated); scores are their mean and the seed agreement is reported.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    seeds: Vec<u64>,
+    /// Update / adversarial steps per group.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Update / adversarial learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Perturb: relative noise norm.
+    #[arg(long)]
+    epsilon: Option<f64>,
+    /// Adjacent layers per column (default: 1 up to 16 layers).
+    #[arg(long)]
+    layers_per_group: Option<usize>,
+}
+
+impl RobustnessArgs {
+    fn config(&self) -> RobustnessConfig {
+        let d = RobustnessConfig::default();
+        RobustnessConfig {
+            mode: self.mode,
+            measure: self.measure,
+            seeds: self.seeds.clone(),
+            steps: self.steps.unwrap_or(d.steps),
+            lr: self.lr.unwrap_or(d.lr),
+            epsilon: self.epsilon.unwrap_or(d.epsilon),
+            layers_per_group: self.layers_per_group,
+            log_every_secs: if self.probe.json { None } else { Some(10.0) },
+            ..d
+        }
+    }
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    robustness: RobustnessArgs,
+    /// Reuse a matrix written by `robustness --out` (its robustness.json) instead of measuring.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Largest joint damage kept, as a share of the damage when all modules change.
+    #[arg(long, default_value_t = 0.3)]
+    tolerance: f64,
+    /// Largest share of the module parameters in the set.
+    #[arg(long)]
+    max_share: Option<f64>,
 }
 
 #[derive(Args)]
@@ -443,6 +548,108 @@ fn build_default(args: BuildArgs) -> Result<()> {
     Ok(())
 }
 
+fn benign_data(name: &str) -> Result<Vec<Record>> {
+    let data_dir = secure_tuning::recipe::default_data_dir();
+    let path = match name {
+        "general" => data_dir.join("ift_general.jsonl"),
+        "expertise" => data_dir.join("ift_expertise.jsonl"),
+        file => PathBuf::from(file),
+    };
+    let mut records = load_records(&path)?;
+    records.retain(|r| r.split != "eval");
+    Ok(records)
+}
+
+fn write_out(out: &std::path::Path, files: &[(&str, &[u8])]) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), source })?;
+    for (name, bytes) in files {
+        secure_tuning::model::write_atomic(&out.join(name), bytes)?;
+    }
+    Ok(())
+}
+
+fn probe(args: ProbeArgs) -> Result<()> {
+    let model = args.model.load()?;
+    let report = probe_all(&model, &args.data()?)?;
+    if let Some(out) = &args.out {
+        let json = serde_json::to_vec_pretty(&report).expect("report serialises");
+        write_out(out, &[("probe.json", &json), ("probe_accuracy.svg", report.chart().as_bytes())])?;
+    }
+    if args.json {
+        let layers: Vec<_> =
+            report.layers.iter().map(|s| json!({"layer": s.layer, "accuracy": s.accuracy, "auc": s.auc})).collect();
+        println!("{}", json!({"layers": layers, "best_layer": report.best_layer}));
+    } else {
+        println!("{model}");
+        println!("layer  accuracy  AUC");
+        for s in &report.layers {
+            println!("{:>5}  {:>8.3}  {:.3}", s.layer, s.accuracy, s.auc);
+        }
+        println!("best layer {} (proxy layer {})", report.best_layer, report.proxy().layer);
+    }
+    Ok(())
+}
+
+fn measure_robustness(args: &RobustnessArgs, model: &Model, probe: &ProbeReport) -> Result<Robustness> {
+    Robustness::measure(model, probe, &benign_data(&args.data)?, &args.config())
+}
+
+fn robustness(args: RobustnessArgs) -> Result<()> {
+    let model = args.probe.model.load()?;
+    let probe = probe_all(&model, &args.probe.data()?)?;
+    let rob = measure_robustness(&args, &model, &probe)?;
+    if let Some(out) = &args.probe.out {
+        let json = serde_json::to_vec_pretty(&rob).expect("robustness serialises");
+        write_out(out, &[("robustness.json", &json), ("robustness_heatmap.svg", rob.heatmap().as_bytes())])?;
+    }
+    if args.probe.json {
+        let kinds: Vec<&str> = rob.kinds.iter().map(|k| k.short()).collect();
+        let layers: Vec<_> = rob.layer_groups.iter().map(|&(a, b)| json!([a, b])).collect();
+        let v = json!({
+            "kinds": kinds, "layers": layers, "scores": rob.scores, "mode": rob.config.mode,
+            "measure": rob.config.measure, "seed_agreement": rob.seed_agreement(), "seconds": rob.seconds,
+        });
+        println!("{v}");
+    } else {
+        println!("{model}");
+        println!("{rob}");
+        println!("{:.0}s", rob.seconds);
+    }
+    Ok(())
+}
+
+fn search(args: SearchArgs) -> Result<()> {
+    let r = &args.robustness;
+    let model = r.probe.model.load()?;
+    let probe = probe_all(&model, &r.probe.data()?)?;
+    let rob = match &args.from {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            serde_json::from_str::<Robustness>(&text).map_err(|e| Error::malformed(path, e.to_string()))?
+        }
+        None => measure_robustness(r, &model, &probe)?,
+    };
+    let cfg = SearchConfig {
+        tolerance: args.tolerance,
+        max_share: args.max_share,
+        log_every_secs: if r.probe.json { None } else { Some(10.0) },
+        ..SearchConfig::default()
+    };
+    let found = rob.search(&model, &probe, &benign_data(&r.data)?, &cfg)?;
+    if let Some(out) = &r.probe.out {
+        let json = serde_json::to_vec_pretty(&found).expect("search serialises");
+        write_out(out, &[("mods_robust.json", &json), ("search.svg", found.chart().as_bytes())])?;
+    }
+    if r.probe.json {
+        let modules: Vec<_> = found.modules.iter().map(|m| json!({"layer": m.layer, "kind": m.kind.short()})).collect();
+        println!("{}", json!({"modules": modules, "param_share": found.param_share}));
+    } else {
+        println!("{model}");
+        println!("{found}");
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -453,6 +660,9 @@ fn main() {
         Command::Curve(a) => curve(a),
         Command::GenerateData(a) => generate_data(a),
         Command::BuildDefault(a) => build_default(a),
+        Command::Probe(a) => probe(a),
+        Command::Robustness(a) => robustness(a),
+        Command::Search(a) => search(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

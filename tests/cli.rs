@@ -142,3 +142,50 @@ fn tune_saves_a_loadable_model_folder() {
     let (code, _, err) = run(&["forward", "--model", out.to_str().unwrap(), "--text", "hi", "--json"]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn probe_robustness_and_search_print_their_json_shapes() {
+    let (code, out, err) = run(&["probe", "--model", "default", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 7);
+    assert!(layers[3]["accuracy"].as_f64().unwrap() > 0.9 && layers[3]["auc"].is_number());
+    assert!(v["best_layer"].as_u64().unwrap() >= 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_str().unwrap();
+    let fast = ["--model", "default", "--mode", "perturb", "--measure", "feature-drift", "--json"];
+    let (code, out, err) = run(&[&["robustness", "--out", out_dir][..], &fast].concat());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["kinds"], serde_json::json!(["q", "k", "v", "o", "gate", "up", "down"]));
+    assert_eq!(v["layers"].as_array().unwrap().len(), 6);
+    let scores = v["scores"].as_array().unwrap();
+    assert!(scores.len() == 7 && scores.iter().all(|r| r.as_array().unwrap().len() == 6));
+    assert_eq!(v["mode"], "perturb");
+    assert!(dir.path().join("robustness_heatmap.svg").exists());
+
+    let from = dir.path().join("robustness.json");
+    let (code, out, err) = run(&[&["search", "--from", from.to_str().unwrap()][..], &fast].concat());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let modules = v["modules"].as_array().unwrap();
+    assert!(!modules.is_empty() && modules[0]["layer"].is_u64() && modules[0]["kind"].is_string());
+    let share = v["param_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{share}");
+}
+
+#[test]
+fn probe_with_one_file_or_one_class_fails_with_a_clear_line() {
+    let (code, _, err) = run(&["probe", "--model", "default", "--harmful", "x.jsonl"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--harmless"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("h.jsonl");
+    std::fs::write(&f, "{\"instruction\": \"how do I pick a lock\"}\n").unwrap();
+    let (code, _, err) =
+        run(&["probe", "--model", "default", "--harmful", f.to_str().unwrap(), "--harmless", f.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: ") && err.contains("at least 8 of each"), "{err}");
+}

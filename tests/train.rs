@@ -98,10 +98,7 @@ fn frozen_group_stays_bit_identical() {
     let ex = examples(&model);
     let mlp = model.param_names(&ModuleSet::mlp(3));
     let rest: Vec<String> = model.weights().keys().filter(|k| !mlp.contains(k)).cloned().collect();
-    let groups = vec![
-        LrGroup { name: "mlp".into(), params: mlp.clone(), lr_scale: 1.0 },
-        LrGroup { name: "rest".into(), params: rest.clone(), lr_scale: 0.0 },
-    ];
+    let groups = vec![LrGroup::new("mlp", mlp.clone(), 1.0), LrGroup::new("rest", rest.clone(), 0.0)];
     train(&mut model, &ex, &quiet(TrainConfig { max_steps: Some(3), groups, ..Default::default() })).unwrap();
     for (name, w) in model.weights() {
         let same = w.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -119,13 +116,7 @@ fn bad_training_settings_are_errors() {
         (TrainConfig { lr: -1.0, ..base.clone() }, "learning rate"),
         (TrainConfig { batch_size: 0, ..base.clone() }, "batch"),
         (TrainConfig { max_steps: Some(0), ..base.clone() }, "training length"),
-        (
-            TrainConfig {
-                groups: vec![LrGroup { name: "x".into(), params: vec!["nope".into()], lr_scale: 1.0 }],
-                ..base.clone()
-            },
-            "not a parameter",
-        ),
+        (TrainConfig { groups: vec![LrGroup::new("x", vec!["nope".into()], 1.0)], ..base.clone() }, "not a parameter"),
     ] {
         let e = train(&mut model, &ex, &cfg).unwrap_err().to_string();
         assert!(e.contains(needle), "{e}");

@@ -3,8 +3,10 @@
 //! last block of each MIME type per cell, so every value emits exactly one of each.
 
 mod chart;
+mod heatmap;
 
 pub use chart::{line_chart, Series};
+pub use heatmap::{heatmap, Heatmap};
 
 use crate::model::Model;
 

@@ -21,7 +21,7 @@ pub use modules::{ModuleId, ModuleKind, ModuleSet};
 pub use weights::{load_tensors, save_safetensors, write_atomic, Weights};
 
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -158,6 +158,42 @@ impl Model {
         }
         self.rebuild()?;
         Ok(names.iter().map(|n| (n.clone(), self.vars[n].clone())).collect())
+    }
+
+    /// Replaces the named parameters' values (same shapes; cast to the model's dtype), e.g. to
+    /// apply a weight edit or a perturbation.
+    ///
+    /// ```
+    /// let mut model = secure_tuning::Model::load_dir("tests/fixtures/llama3")?;
+    /// let name = "model.layers.0.mlp.up_proj.weight".to_string();
+    /// let zero = model.weights()[&name].zeros_like()?;
+    /// model.set_weights([(name.clone(), zero)])?;
+    /// assert_eq!(model.weights()[&name].abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+    /// # Ok::<(), secure_tuning::Error>(())
+    /// ```
+    pub fn set_weights(&mut self, new: impl IntoIterator<Item = (String, Tensor)>) -> Result<()> {
+        for (name, t) in new {
+            let old = self
+                .weights
+                .get(&name)
+                .ok_or_else(|| Error::invalid("parameter", format!("`{name}` is not a parameter of this model")))?;
+            if old.dims() != t.dims() {
+                return Err(Error::ShapeMismatch {
+                    name: name.clone(),
+                    expected: old.dims().to_vec(),
+                    found: t.dims().to_vec(),
+                    hint: "a replacement must have the parameter's own shape".into(),
+                });
+            }
+            let t = t.to_dtype(old.dtype())?.to_device(&self.device)?;
+            match self.vars.get(&name) {
+                Some(var) => var.set(&t)?,
+                None => {
+                    self.weights.insert(name, t);
+                }
+            }
+        }
+        self.rebuild()
     }
 
     /// Makes every parameter a plain tensor again (values kept).

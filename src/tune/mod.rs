@@ -11,6 +11,8 @@ mod trainer;
 pub use curve::{safety_curve, CurvePoint, SafetyCurve, SafetyEvalSets};
 pub use optim::{AdamW, AdamWParams};
 pub use schedule::Schedule;
+pub(crate) use trainer::response_loss;
 pub use trainer::{
-    checkpoint, clip_global_norm, encode_examples, train, train_observed, Example, LrGroup, TrainConfig, TrainReport,
+    checkpoint, clip_global_norm, encode_examples, train, train_observed, Example, GroupTrace, LrGroup, TrainConfig,
+    TrainReport,
 };

@@ -34,6 +34,9 @@ struct Slot {
     m: Tensor,
     v: Tensor,
     decay: bool,
+    /// Updates this parameter has had: bias correction counts from a parameter's own first
+    /// step, so a group that joins late (SWAT's phase 2) starts with a normal-sized step.
+    t: usize,
 }
 
 /// AdamW over named parameters; each step takes a per-parameter learning rate, so one
@@ -52,21 +55,33 @@ impl AdamW {
             .map(|(name, var)| {
                 let zeros = var.as_tensor().zeros_like()?;
                 let decay = var.as_tensor().rank() == 2;
-                Ok((name.clone(), Slot { var: var.clone(), m: zeros.clone(), v: zeros, decay }))
+                Ok((name.clone(), Slot { var: var.clone(), m: zeros.clone(), v: zeros, decay, t: 0 }))
             })
             .collect::<Result<_>>()?;
         Ok(AdamW { slots, params, step: 0 })
     }
 
-    /// Applies one update. `grads` holds each parameter's gradient by name (missing = zero);
-    /// `lr(name)` gives its learning rate this step.
+    /// Applies one update. `grads` holds each parameter's gradient by name (a parameter without
+    /// one is left alone, moments included); `lr(name)` gives its learning rate this step.
     pub fn step(&mut self, grads: &BTreeMap<String, Tensor>, lr: impl Fn(&str) -> f64) -> Result<()> {
+        self.step_traced(grads, lr, false).map(|_| ())
+    }
+
+    /// [`AdamW::step`]; with `trace`, also returns each updated parameter's `||new - old||`.
+    pub fn step_traced(
+        &mut self,
+        grads: &BTreeMap<String, Tensor>,
+        lr: impl Fn(&str) -> f64,
+        trace: bool,
+    ) -> Result<BTreeMap<String, f64>> {
         self.step += 1;
         let p = self.params;
-        let t = self.step as i32;
-        let (c1, c2) = (1.0 - p.beta1.powi(t), 1.0 - p.beta2.powi(t));
+        let mut norms = BTreeMap::new();
         for (name, slot) in self.slots.iter_mut() {
             let Some(g) = grads.get(name) else { continue };
+            slot.t += 1;
+            let t = slot.t as i32;
+            let (c1, c2) = (1.0 - p.beta1.powi(t), 1.0 - p.beta2.powi(t));
             let lr = lr(name);
             slot.m = ((&slot.m * p.beta1)? + (g * (1.0 - p.beta1))?)?;
             slot.v = ((&slot.v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
@@ -74,9 +89,14 @@ impl AdamW {
             let w = slot.var.as_tensor();
             let decayed =
                 if slot.decay && p.weight_decay > 0.0 { (w * (1.0 - lr * p.weight_decay))? } else { w.clone() };
-            slot.var.set(&(decayed - (update * lr)?)?)?;
+            let new = (decayed - (update * lr)?)?;
+            if trace {
+                let delta = (&new - w)?.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
+                norms.insert(name.clone(), (delta as f64).sqrt());
+            }
+            slot.var.set(&new)?;
         }
-        Ok(())
+        Ok(norms)
     }
 
     /// Number of steps taken.
@@ -90,6 +110,9 @@ impl AdamW {
         for (name, s) in &self.slots {
             out.insert(format!("m.{name}"), s.m.clone());
             out.insert(format!("v.{name}"), s.v.clone());
+            if let Ok(t) = Tensor::new(&[s.t as u32], s.m.device()) {
+                out.insert(format!("t.{name}"), t);
+            }
         }
         out
     }
@@ -107,6 +130,11 @@ impl AdamW {
             };
             s.m = get(format!("m.{name}"))?;
             s.v = get(format!("v.{name}"))?;
+            // Checkpoints from before per-parameter counts: every parameter had every step.
+            s.t = match state.get(&format!("t.{name}")) {
+                Some(t) => t.flatten_all()?.to_vec1::<u32>()?[0] as usize,
+                None => step,
+            };
         }
         self.step = step;
         Ok(())

@@ -64,7 +64,13 @@ pub fn encode_examples(model: &Model, records: &[Record], max_len: usize) -> Res
         .collect()
 }
 
-/// Parameters trained at `lr_scale` times the scheduled learning rate.
+/// Parameters trained at `lr_scale` times the scheduled learning rate, from `start_step` on.
+///
+/// ```
+/// use secure_tuning::tune::LrGroup;
+/// let g = LrGroup::new("rest", vec!["model.norm.weight".into()], 0.1).starting_at(50);
+/// assert_eq!((g.lr_scale, g.start_step), (0.1, 50));
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LrGroup {
     /// A name for logs and reports (`robust`, `rest`, `all`).
@@ -73,6 +79,40 @@ pub struct LrGroup {
     pub params: Vec<String>,
     /// Multiplier of the scheduled LR; 0 freezes the group (its tensors stay bit-identical).
     pub lr_scale: f64,
+    /// The first step (0-based) at which the group trains; before it, its tensors and optimizer
+    /// state stay untouched (SWAT's phase 2 starts here).
+    #[serde(default)]
+    pub start_step: usize,
+}
+
+impl LrGroup {
+    /// A group trained from the first step.
+    pub fn new(name: impl Into<String>, params: Vec<String>, lr_scale: f64) -> Self {
+        LrGroup { name: name.into(), params, lr_scale, start_step: 0 }
+    }
+
+    /// The same group, trained only from `step` on.
+    pub fn starting_at(mut self, step: usize) -> Self {
+        self.start_step = step;
+        self
+    }
+}
+
+/// One LR group's trace in a [`TrainReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupTrace {
+    /// The group's name.
+    pub name: String,
+    /// Its LR multiplier.
+    pub lr_scale: f64,
+    /// Its first training step.
+    pub start_step: usize,
+    /// Number of parameters (elements).
+    pub num_params: usize,
+    /// `(step, lr)` actually applied to the group, at traced steps.
+    pub lrs: Vec<(usize, f64)>,
+    /// `(step, ||update||)` over the group's tensors together, at traced steps.
+    pub update_norms: Vec<(usize, f64)>,
 }
 
 /// Training settings. `Default` is a sensible small run; change fields with struct update.
@@ -161,6 +201,9 @@ pub struct TrainReport {
     pub seconds: f64,
     /// Whether the plan ran to its last step (false: stopped by a time or step budget).
     pub finished: bool,
+    /// Per LR group: applied LR and update norm, at about 100 evenly spaced steps.
+    #[serde(default)]
+    pub groups: Vec<GroupTrace>,
 }
 
 impl TrainReport {
@@ -202,12 +245,14 @@ pub fn train_observed(
 ) -> Result<TrainReport> {
     validate(cfg, examples)?;
     let groups = if cfg.groups.is_empty() {
-        vec![LrGroup { name: "all".into(), params: model.weights().keys().cloned().collect(), lr_scale: 1.0 }]
+        vec![LrGroup::new("all", model.weights().keys().cloned().collect(), 1.0)]
     } else {
         cfg.groups.clone()
     };
     let mut scale: BTreeMap<String, f64> = BTreeMap::new();
-    for g in &groups {
+    let mut start_of: BTreeMap<String, usize> = BTreeMap::new();
+    let mut group_of: BTreeMap<String, usize> = BTreeMap::new();
+    for (gi, g) in groups.iter().enumerate() {
         for p in &g.params {
             if !model.weights().contains_key(p) {
                 return Err(Error::invalid("LR group", format!("`{}` names `{p}`, which is not a parameter", g.name)));
@@ -215,6 +260,8 @@ pub fn train_observed(
             if scale.insert(p.clone(), g.lr_scale).is_some() {
                 return Err(Error::invalid("LR group", format!("`{p}` is in more than one group")));
             }
+            start_of.insert(p.clone(), g.start_step);
+            group_of.insert(p.clone(), gi);
         }
     }
     // Frozen (scale 0) parameters never become Vars, so they cannot change.
@@ -231,8 +278,28 @@ pub fn train_observed(
         total_steps,
         min_ratio: cfg.min_lr_ratio,
     };
-    let mut report =
-        TrainReport { steps: 0, total_steps, losses: vec![], lrs: vec![], tokens: 0, seconds: 0.0, finished: false };
+    let traces = groups
+        .iter()
+        .map(|g| GroupTrace {
+            name: g.name.clone(),
+            lr_scale: g.lr_scale,
+            start_step: g.start_step,
+            num_params: g.params.iter().map(|p| model.weights()[p].elem_count()).sum(),
+            lrs: vec![],
+            update_norms: vec![],
+        })
+        .collect();
+    let mut report = TrainReport {
+        steps: 0,
+        total_steps,
+        losses: vec![],
+        lrs: vec![],
+        tokens: 0,
+        seconds: 0.0,
+        finished: false,
+        groups: traces,
+    };
+    let trace_every = (total_steps / 100).max(1);
     if cfg.resume {
         if let Some(dir) = &cfg.checkpoint_dir {
             if let Some(state) = checkpoint::restore(dir, model, &mut opt, &vars)? {
@@ -270,7 +337,7 @@ pub fn train_observed(
         for micro in 0..cfg.grad_accum {
             let rows = order.batch(step * cfg.grad_accum + micro);
             let batch: Vec<&Example> = rows.iter().map(|&i| &examples[i]).collect();
-            let (loss, n_tokens) = response_loss(model, &batch)?;
+            let (loss, n_tokens) = response_loss(model, &batch, true)?;
             let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             if !value.is_finite() {
                 let kept = match &last_ckpt {
@@ -295,7 +362,21 @@ pub fn train_observed(
         if let Some(max_norm) = cfg.clip_norm {
             clip_global_norm(&mut grads, max_norm)?;
         }
-        opt.step(&grads, |name| lr * scale[name])?;
+        // Groups that have not started yet get no update and keep their optimizer state clean.
+        grads.retain(|name, _| step >= start_of[name]);
+        let traced = step % trace_every == 0 || step + 1 == total_steps;
+        let norms = opt.step_traced(&grads, |name| lr * scale[name], traced)?;
+        if traced {
+            let mut sq = vec![0.0; groups.len()];
+            for (name, n) in &norms {
+                sq[group_of[name]] += n * n;
+            }
+            for (gi, (g, trace)) in groups.iter().zip(report.groups.iter_mut()).enumerate() {
+                let active = step >= g.start_step;
+                trace.lrs.push((step + 1, if active { lr * g.lr_scale } else { 0.0 }));
+                trace.update_norms.push((step + 1, sq[gi].sqrt()));
+            }
+        }
         report.steps += 1;
         report.losses.push((report.steps, step_loss));
         report.lrs.push((report.steps, lr));
@@ -371,8 +452,9 @@ fn print_plan(groups: &[LrGroup], model: &Model, verbose: bool) {
     }
 }
 
-/// Mean cross-entropy over the response tokens of a right-padded batch, and their count.
-fn response_loss(model: &Model, batch: &[&Example]) -> Result<(Tensor, usize)> {
+/// Mean cross-entropy over the response tokens of a right-padded batch, and their count; with
+/// `grad`, through the trainable parameters (see [`Model::forward_train`]).
+pub(crate) fn response_loss(model: &Model, batch: &[&Example], grad: bool) -> Result<(Tensor, usize)> {
     let seqs: Vec<Vec<u32>> = batch.iter().map(|e| e.ids.clone()).collect();
     let input = Batch::from_sequences(&seqs, 0, model.device())?;
     let t = input.input_ids.dim(1)?;
@@ -386,7 +468,8 @@ fn response_loss(model: &Model, batch: &[&Example]) -> Result<(Tensor, usize)> {
     }
     let n = targets.len();
     let capture = Capture::logits().with_logits(LogitsMode::Rows(rows));
-    let logits = model.forward_train(&input, &capture)?.logits()?.to_dtype(DType::F32)?; // (n, vocab)
+    let acts = if grad { model.forward_train(&input, &capture)? } else { model.forward(&input, &capture)? };
+    let logits = acts.logits()?.to_dtype(DType::F32)?; // (n, vocab)
     let targets = Tensor::new(targets.as_slice(), model.device())?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let picked = logp.gather(&targets.unsqueeze(1)?, 1)?; // (n, 1)
