@@ -29,6 +29,7 @@ pub mod eval;
 pub mod model;
 pub mod probe;
 pub mod recipe;
+pub mod reproduce;
 pub mod robustness;
 pub mod search;
 pub mod tune;

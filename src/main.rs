@@ -47,6 +47,24 @@ enum Command {
     Robustness(RobustnessArgs),
     /// Proxy-guided search for Mods_Robust, the robust module set.
     Search(SearchArgs),
+    /// The whole pipeline: probe, robustness, search, every fine-tuning strategy, report.
+    Reproduce(ReproduceArgs),
+}
+
+#[derive(Args)]
+struct ReproduceArgs {
+    /// A model folder, a hub id or `default` (the datasets are the default model's).
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// A small configuration (one seed, short runs) for CI and Binder.
+    #[arg(long)]
+    quick: bool,
+    /// Where the report goes (report.html, *.svg, summary.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print summary.json to stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -650,6 +668,34 @@ fn search(args: SearchArgs) -> Result<()> {
     Ok(())
 }
 
+fn reproduce(args: ReproduceArgs) -> Result<()> {
+    use secure_tuning::reproduce::{reproduce, ReproduceConfig};
+    let model = Model::load(&args.model)?;
+    let cfg = if args.quick { ReproduceConfig::quick() } else { ReproduceConfig::default() };
+    let r = reproduce(&model, &secure_tuning::recipe::default_data_dir(), &cfg)?;
+    r.write(&args.out)?;
+    if args.json {
+        println!("{}", json!({"model": r.model, "strategies": r.summary, "verdict": r.verdict}));
+    } else {
+        println!("strategy       harmful-refused  harmless-refused  task-accuracy  drift    train-s  runs");
+        for row in &r.summary {
+            println!(
+                "{:<14} {:>15.3}  {:>16.3}  {:>13.3}  {:>7.4}  {:>7.0}  {:>4}",
+                row.name,
+                row.harmful_refusal_rate,
+                row.harmless_refusal_rate,
+                row.task_accuracy,
+                row.drift,
+                row.train_seconds,
+                row.runs
+            );
+        }
+        println!("{}", r.verdict);
+        println!("report: {}", args.out.join("report.html").display());
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -663,6 +709,7 @@ fn main() {
         Command::Probe(a) => probe(a),
         Command::Robustness(a) => robustness(a),
         Command::Search(a) => search(a),
+        Command::Reproduce(a) => reproduce(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

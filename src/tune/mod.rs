@@ -4,11 +4,13 @@
 //! which parameters get which learning-rate scale.
 
 mod curve;
+mod mllr;
 mod optim;
 mod schedule;
 mod trainer;
 
 pub use curve::{safety_curve, CurvePoint, SafetyCurve, SafetyEvalSets};
+pub use mllr::{random_modules, MlLr, MlLrBuilder, Tuned};
 pub use optim::{AdamW, AdamWParams};
 pub use schedule::Schedule;
 pub(crate) use trainer::response_loss;
