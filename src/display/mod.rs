@@ -52,3 +52,127 @@ impl Model {
         emit(&self.html(), &self.to_string());
     }
 }
+
+impl crate::eval::EvalReport {
+    /// The rates as a table, with the kept sample responses underneath.
+    pub fn html(&self) -> String {
+        let mut rows = String::new();
+        for (name, s) in [
+            ("harmful refused (higher is safer)", &self.harmful),
+            ("harmless refused (lower is better)", &self.harmless),
+        ] {
+            if let Some(s) = s {
+                rows.push_str(&format!(
+                    "<tr><td>{name}</td><td>{:.1}%</td><td>{}/{}</td></tr>",
+                    100.0 * s.refusal_rate,
+                    s.refused,
+                    s.n
+                ));
+            }
+        }
+        if let Some(t) = &self.tasks {
+            rows.push_str(&format!(
+                "<tr><td>task accuracy</td><td>{:.1}%</td><td>{}/{}</td></tr>",
+                100.0 * t.accuracy,
+                t.correct,
+                t.n
+            ));
+        }
+        let samples: String = self
+            .samples
+            .iter()
+            .map(|s| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    if s.flag { "yes" } else { "no" },
+                    escape_html(&s.prompt),
+                    escape_html(&s.response)
+                )
+            })
+            .collect();
+        let samples = if samples.is_empty() {
+            String::new()
+        } else {
+            format!("<table><tr><th>refused / correct</th><th>prompt</th><th>response</th></tr>{samples}</table>")
+        };
+        format!("<div><table>{rows}</table>{samples}</div>")
+    }
+
+    /// Inline display in evcxr.
+    pub fn evcxr_display(&self) {
+        emit(&self.html(), &self.to_string())
+    }
+}
+
+impl crate::tune::TrainReport {
+    /// Loss per step and the LR each group got, as two charts.
+    pub fn html(&self) -> String {
+        let loss =
+            Series { label: "loss".into(), points: self.losses.iter().map(|&(s, l)| (s as f64, l as f64)).collect() };
+        let loss_chart = line_chart("Training loss (response tokens)", "step", "loss", &[loss], None);
+        let lrs: Vec<Series> = self
+            .groups
+            .iter()
+            .map(|g| Series {
+                label: format!("{} (x{})", g.name, g.lr_scale),
+                points: g.lrs.iter().map(|&(s, lr)| (s as f64, lr)).collect(),
+            })
+            .collect();
+        let lr_chart = line_chart("Learning rate per group", "step", "lr", &lrs, None);
+        let rows: String = self
+            .groups
+            .iter()
+            .map(|g| {
+                let mean_update = g.update_norms.iter().map(|u| u.1).sum::<f64>() / g.update_norms.len().max(1) as f64;
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{mean_update:.3e}</td></tr>",
+                    escape_html(&g.name),
+                    g.lr_scale,
+                    g.start_step,
+                    g.num_params
+                )
+            })
+            .collect();
+        format!(
+            "<div>{loss_chart}{lr_chart}<p>{}</p><table><tr><th>group</th><th>lr scale</th><th>starts at step</th>\
+             <th>params</th><th>mean update norm</th></tr>{rows}</table></div>",
+            escape_html(&self.to_string())
+        )
+    }
+
+    /// Inline display in evcxr.
+    pub fn evcxr_display(&self) {
+        emit(&self.html(), &self.to_string())
+    }
+}
+
+impl std::fmt::Display for crate::tune::TrainReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} steps, final loss {:.4}, {} tokens, {:.0}s",
+            self.steps,
+            self.total_steps,
+            self.recent_loss(10),
+            self.tokens,
+            self.seconds
+        )
+    }
+}
+
+impl crate::reproduce::Reproduction {
+    /// Inline display in evcxr: the summary table, the verdict and the trade-off chart.
+    pub fn evcxr_display(&self) {
+        let html =
+            format!("<div>{}<p>{}</p>{}</div>", self.summary_html(), escape_html(&self.verdict), self.tradeoff_chart());
+        emit(&html, &self.verdict)
+    }
+}
+
+impl crate::probe::Drift {
+    /// Inline display in evcxr (text only; it is one line of numbers).
+    pub fn evcxr_display(&self) {
+        let html = format!("<p>{}</p>", escape_html(&self.to_string()));
+        emit(&html, &self.to_string())
+    }
+}
