@@ -26,6 +26,7 @@ pub mod display;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod pypi;
 pub mod recipe;
 pub mod tune;
 
