@@ -35,6 +35,11 @@
 //! # Ok::<(), secure_tuning::Error>(())
 //! ```
 
+mod parity;
+mod tokenizer;
+
+pub use parity::{compare_with_candle, GgufParity};
+
 use super::{weights, Model, Weights};
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -282,7 +287,7 @@ pub fn import_gguf(file: &Path, out: &Path) -> Result<GgufImport> {
              into config.json's rope_scaling; load the original Hugging Face checkpoint instead",
         ));
     }
-    let tok = tokenizer_files(&meta)?;
+    let tok = tokenizer::tokenizer_files(&meta)?;
     let mut config = config_json(&meta, &arch, model_type, hf_class, &content, &tok)?;
     let heads = meta.usize(&format!("{arch}.attention.head_count"))?;
     let kv_heads = meta.opt_usize(&format!("{arch}.attention.head_count_kv"))?.unwrap_or(heads);
@@ -366,7 +371,7 @@ fn config_json(
     model_type: &str,
     hf_class: &str,
     content: &Content,
-    tok: &TokenizerFiles,
+    tok: &tokenizer::TokenizerFiles,
 ) -> Result<serde_json::Value> {
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = meta.usize(&key("embedding_length"))?;
@@ -428,154 +433,6 @@ fn config_json(
     }))
 }
 
-/// The tokenizer files rebuilt from `tokenizer.ggml.*`.
-struct TokenizerFiles {
-    tokenizer: serde_json::Value,
-    tokenizer_config: serde_json::Value,
-    generation_config: serde_json::Value,
-    bos_id: Option<usize>,
-    eos_id: Option<usize>,
-    pre: String,
-    vocab_size: usize,
-}
-
-/// Llama 3's split regex (llama.cpp's `LLAMA_VOCAB_PRE_TYPE_LLAMA3`; HF's `Split` before a
-/// regex-free `ByteLevel`); Qwen2's differs only in splitting digits one by one.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_SPLIT: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// HF's pre-tokenizer (and normalizer, and BPE `ignore_merges`) for llama.cpp's
-/// `tokenizer.ggml.pre`, following the regexes llama.cpp assigns each name.
-fn pre_tokenizer(
-    pre: &str,
-    add_prefix_space: bool,
-    path: &Path,
-) -> Result<(serde_json::Value, serde_json::Value, bool)> {
-    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": add_prefix_space, "trim_offsets": true, "use_regex": use_regex});
-    let split = |pattern: &str| json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
-    let none = serde_json::Value::Null;
-    Ok(match pre {
-        "default" | "gpt-2" | "gpt2" => (byte_level(true), none, false),
-        "smollm" | "starcoder" | "refact" => (
-            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
-            none,
-            false,
-        ),
-        "llama3" | "llama-bpe" | "llama-v3" => {
-            (json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false)]}), none, true)
-        }
-        "qwen2" => (
-            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(false)]}),
-            json!({"type": "NFC"}),
-            false,
-        ),
-        other => {
-            return Err(Error::malformed(
-                path,
-                format!(
-                    "tokenizer.ggml.pre `{other}` is not supported (supported: default, gpt-2, smollm, starcoder, \
-                     refact, llama3, llama-bpe, qwen2); the tokenizer would split text differently from llama.cpp"
-                ),
-            ))
-        }
-    })
-}
-
-fn tokenizer_files(meta: &Meta) -> Result<TokenizerFiles> {
-    let model = meta.str("tokenizer.ggml.model")?.ok_or_else(|| meta.missing("tokenizer.ggml.model"))?;
-    if model != "gpt2" {
-        return Err(Error::malformed(
-            meta.path,
-            format!(
-                "tokenizer.ggml.model `{model}` is not supported; only `gpt2` (byte-level BPE: SmolLM, Llama 3, Qwen2) \
-                 is rebuilt. For SentencePiece (`llama`) models load the original Hugging Face checkpoint"
-            ),
-        ));
-    }
-    let tokens = meta.strings("tokenizer.ggml.tokens")?;
-    let merges = meta.strings("tokenizer.ggml.merges")?;
-    let types = meta.ints("tokenizer.ggml.token_type")?.unwrap_or_default();
-    if !types.is_empty() && types.len() != tokens.len() {
-        return Err(Error::malformed(meta.path, format!("{} token types for {} tokens", types.len(), tokens.len())));
-    }
-    let pre = meta.str("tokenizer.ggml.pre")?.unwrap_or("default").to_string();
-    let add_prefix_space = meta.bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(false);
-    let (pre_tokenizer, normalizer, ignore_merges) = pre_tokenizer(&pre, add_prefix_space, meta.path)?;
-
-    let mut vocab = serde_json::Map::new();
-    for (id, t) in tokens.iter().enumerate() {
-        vocab.entry(t.clone()).or_insert(json!(id)); // a repeated token keeps its first id
-    }
-    // llama.cpp token types: 3 = control (HF special added token), 4 = user-defined (added token).
-    let added: Vec<serde_json::Value> = types
-        .iter()
-        .enumerate()
-        .filter(|(_, ty)| **ty == 3 || **ty == 4)
-        .map(|(id, ty)| {
-            json!({"id": id, "content": tokens[id], "single_word": false, "lstrip": false, "rstrip": false,
-                   "normalized": false, "special": *ty == 3})
-        })
-        .collect();
-    let id = |k: &str| -> Result<Option<usize>> {
-        match meta.opt_usize(k)? {
-            Some(i) if i < tokens.len() => Ok(Some(i)),
-            Some(i) => Err(Error::malformed(meta.path, format!("`{k}` = {i} is outside the {} tokens", tokens.len()))),
-            None => Ok(None),
-        }
-    };
-    let (bos_id, eos_id) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?);
-    let (unk_id, pad_id, eot_id) = (
-        id("tokenizer.ggml.unknown_token_id")?,
-        id("tokenizer.ggml.padding_token_id")?,
-        id("tokenizer.ggml.eot_token_id")?,
-    );
-    let add_bos = meta.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
-    let token = |i: Option<usize>| i.map(|i| tokens[i].clone());
-    let post_processor = match (add_bos, token(bos_id)) {
-        (true, Some(bos)) => json!({
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {bos.clone(): {"id": bos, "ids": [bos_id], "tokens": [bos]}},
-        }),
-        _ => json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true}),
-    };
-    let tokenizer = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": normalizer,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": post_processor,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
-            "vocab": vocab, "merges": merges,
-        },
-    });
-    let mut tokenizer_config = json!({
-        "add_bos_token": add_bos,
-        "add_eos_token": false,
-        "bos_token": token(bos_id),
-        "eos_token": token(eos_id),
-        "unk_token": token(unk_id),
-        "pad_token": token(pad_id),
-        "clean_up_tokenization_spaces": false,
-        "tokenizer_class": "PreTrainedTokenizerFast",
-    });
-    if let Some(template) = meta.str("tokenizer.chat_template")? {
-        tokenizer_config["chat_template"] = json!(template);
-    }
-    let mut eos_ids: Vec<usize> = eos_id.into_iter().chain(eot_id).collect();
-    eos_ids.dedup();
-    let generation_config = json!({"bos_token_id": bos_id, "eos_token_id": eos_ids, "pad_token_id": pad_id});
-    Ok(TokenizerFiles { tokenizer, tokenizer_config, generation_config, bos_id, eos_id, pre, vocab_size: tokens.len() })
-}
-
 /// The folder [`Model::load_gguf`] imports `file` into: `$SECURE_TUNING_CACHE/gguf/` (default
 /// `<system temp>/secure-tuning/gguf/`) + `<file stem>-<size>-<mtime>`, so an unchanged file is
 /// imported once.
@@ -632,143 +489,6 @@ impl Model {
     }
 }
 
-/// Agreement of an imported model with candle-transformers' `quantized_llama` on one prompt;
-/// made by [`compare_with_candle`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GgufParity {
-    /// The prompt's token count.
-    pub tokens: usize,
-    /// Whether the reference ran on the dequantized (f32) weights instead of the quantized ones.
-    pub dequantized: bool,
-    /// Largest absolute difference of the last-token logits.
-    pub max_abs_diff: f32,
-    /// Largest absolute reference logit (the scale of `max_abs_diff`).
-    pub max_abs_logit: f32,
-    /// Root-mean-square difference of the last-token logits.
-    pub rms_diff: f32,
-    /// Both pick the same most likely next token.
-    pub top1_agrees: bool,
-    /// Tokens common to both top-5 lists.
-    pub top5_overlap: usize,
-}
-
-impl std::fmt::Display for GgufParity {
-    /// `12 tokens, quantized reference: max |diff| 3.12e-2 (logits up to 21.3), rms 6.10e-3, top-1 same, top-5 overlap 5/5`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} tokens, {} reference: max |diff| {:.2e} (logits up to {:.1}), rms {:.2e}, top-1 {}, top-5 overlap {}/5",
-            self.tokens,
-            if self.dequantized { "dequantized" } else { "quantized" },
-            self.max_abs_diff,
-            self.max_abs_logit,
-            self.rms_diff,
-            if self.top1_agrees { "same" } else { "differs" },
-            self.top5_overlap
-        )
-    }
-}
-
-/// Runs `model` and candle-transformers' `quantized_llama` (llama architecture only) from the
-/// GGUF `file` on each text (encoded with the model's tokenizer), comparing last-token logits.
-/// With `dequantized`, the reference runs on the f32 dequantization of the same weights (an
-/// in-memory GGUF copy; needs about three times the f32 model size in memory), which isolates
-/// the decoders from the quantized matmuls.
-///
-/// ```no_run
-/// use secure_tuning::model::gguf::compare_with_candle;
-/// let file = std::path::Path::new("SmolLM2-135M-Instruct.Q4_1.gguf");
-/// let model = secure_tuning::Model::load_gguf(file)?;
-/// for p in compare_with_candle(&model, file, &["The quick brown fox"], true)? {
-///     assert!(p.max_abs_diff < 1e-3, "{p}");
-/// }
-/// # Ok::<(), secure_tuning::Error>(())
-/// ```
-pub fn compare_with_candle(model: &Model, file: &Path, texts: &[&str], dequantized: bool) -> Result<Vec<GgufParity>> {
-    use candle_transformers::models::quantized_llama::ModelWeights;
-    let (content, mut reader) = open(file)?;
-    let meta = Meta { md: &content.metadata, path: file };
-    if meta.str("general.architecture")? != Some("llama") {
-        return Err(Error::invalid(
-            "parity reference",
-            format!("`{}`: candle's quantized_llama runs llama-architecture GGUF files only", file.display()),
-        ));
-    }
-    if let Some(bias) = content.tensor_infos.keys().find(|k| k.ends_with(".bias")) {
-        return Err(Error::invalid(
-            "parity reference",
-            format!("`{}` has bias tensors (`{bias}`), which candle's quantized_llama ignores", file.display()),
-        ));
-    }
-    let mut reference = if dequantized {
-        let bytes = dequantized_copy(&content, &mut reader, file)?;
-        let mut cursor = std::io::Cursor::new(bytes);
-        let copy = Content::read(&mut cursor)?;
-        ModelWeights::from_gguf(copy, &mut cursor, &Device::Cpu)?
-    } else {
-        ModelWeights::from_gguf(content, &mut reader, &Device::Cpu)?
-    };
-    let mut out = Vec::new();
-    for text in texts {
-        let ids = model.tokenizer().encode(text, true)?;
-        if ids.is_empty() {
-            return Err(Error::invalid("parity text", format!("{text:?} encodes to no tokens")));
-        }
-        let ours = model.forward(
-            &super::Batch::single(&ids, model.device())?,
-            &super::Capture::logits().with_logits(super::LogitsMode::Last),
-        )?;
-        let ours: Vec<f32> = ours.logits()?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-        reference.clear_kv_cache();
-        let input = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
-        let theirs: Vec<f32> = reference.forward(&input, 0)?.flatten_all()?.to_vec1()?;
-        if ours.len() != theirs.len() {
-            return Err(Error::invalid(
-                "parity",
-                format!("the model has {} logits, the reference {}", ours.len(), theirs.len()),
-            ));
-        }
-        let diffs: Vec<f32> = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).collect();
-        let top = |v: &[f32]| {
-            let mut idx: Vec<usize> = (0..v.len()).collect();
-            idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
-            idx.truncate(5);
-            idx
-        };
-        let (a, b) = (top(&ours), top(&theirs));
-        out.push(GgufParity {
-            tokens: ids.len(),
-            dequantized,
-            max_abs_diff: diffs.iter().cloned().fold(0.0, f32::max),
-            max_abs_logit: theirs.iter().map(|x| x.abs()).fold(0.0, f32::max),
-            rms_diff: (diffs.iter().map(|d| d * d).sum::<f32>() / diffs.len() as f32).sqrt(),
-            top1_agrees: a[0] == b[0],
-            top5_overlap: a.iter().filter(|i| b.contains(i)).count(),
-        });
-    }
-    Ok(out)
-}
-
-/// The GGUF with every tensor stored as f32 (its dequantization), serialised in memory.
-fn dequantized_copy<R: std::io::Read + std::io::Seek>(
-    content: &Content,
-    reader: &mut R,
-    file: &Path,
-) -> Result<Vec<u8>> {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    let mut tensors = Vec::new();
-    for name in content.tensor_infos.keys() {
-        let q =
-            content.tensor(reader, name, &Device::Cpu).map_err(|e| Error::malformed(file, format!("{name}: {e}")))?;
-        tensors.push((name.clone(), QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::F32)?));
-    }
-    let metadata: Vec<(&str, &Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut cursor = std::io::Cursor::new(Vec::new());
-    candle_core::quantized::gguf_file::write(&mut cursor, &metadata, &tensor_refs)?;
-    Ok(cursor.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -796,11 +516,5 @@ mod tests {
         let gbias = bias.reshape((heads, 2, hd / 2)).unwrap().transpose(1, 2).unwrap().flatten_all().unwrap();
         assert_eq!(unpermute_qk(&gbias, heads).unwrap().to_vec1::<f32>().unwrap(), bias.to_vec1::<f32>().unwrap());
         assert!(unpermute_qk(&hf, 5).is_err(), "24 rows do not split into 5 heads");
-    }
-
-    #[test]
-    fn unknown_pre_tokenizers_are_named() {
-        let e = pre_tokenizer("falcon", false, Path::new("m.gguf")).unwrap_err().to_string();
-        assert!(e.contains("falcon") && e.contains("smollm"), "{e}");
     }
 }
