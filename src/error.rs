@@ -88,6 +88,14 @@ pub enum Error {
         /// What failed and what to do.
         reason: String,
     },
+    /// A benchmark dataset could not be read from any source.
+    #[error("dataset `{name}` is not available: {reason}")]
+    DatasetUnavailable {
+        /// The benchmark's short name.
+        name: String,
+        /// What each way needs, and why it failed.
+        reason: String,
+    },
     /// An argument or input value is invalid.
     #[error("invalid {what}: {reason}")]
     InvalidInput {

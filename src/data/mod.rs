@@ -4,9 +4,14 @@
 //! One record per JSONL line:
 //! `{"instruction": ..., "input": optional, "output": ..., "category": ..., "split": ...}`.
 //! AdvBench-style files with `goal` (and `target`) instead of `instruction` load too.
+//!
+//! Public benchmark sets (AdvBench, HarmBench, Do-Not-Answer, MT-Bench) load through
+//! [`benchmarks`]; [`twins`] builds a harmless near-twin of a harmful request by word substitution.
 
+pub mod benchmarks;
 mod rng;
 pub mod synthetic;
+pub mod twins;
 
 pub use rng::Rng;
 
@@ -124,7 +129,8 @@ fn parse_csv(text: &str, path: &Path) -> Result<Vec<Record>> {
         .collect())
 }
 
-fn csv_rows(text: &str) -> Vec<Vec<String>> {
+/// Rows of a CSV text (quoted fields with doubled quotes and newlines supported).
+pub(crate) fn csv_rows(text: &str) -> Vec<Vec<String>> {
     let (mut rows, mut row, mut field) = (Vec::new(), Vec::new(), String::new());
     let (mut quoted, mut chars) = (false, text.chars().peekable());
     while let Some(c) = chars.next() {
