@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalConfig, EvalReport};
 use crate::model::{write_atomic, Model, ModuleSet};
 use crate::probe::{drift, probe_all, Drift, ProbeData, ProbeReport};
-use crate::robustness::{Robustness, RobustnessConfig};
+use crate::robustness::{Mode, Robustness, RobustnessConfig};
 use crate::search::{ModsRobust, SearchConfig};
 use crate::tune::{random_modules, CurvePoint, MlLr, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,7 @@ pub struct ReproduceConfig {
     pub swat_warmup: f64,
     /// Seeds of the main strategies (plain, ML-LR, random subsets).
     pub seeds: Vec<u64>,
-    /// Number of random module sets.
+    /// Number of random module sets (seed `i` uses set `i mod random_sets`).
     pub random_sets: usize,
     /// Share of refusal examples mixed into the IFT data by the safety-mix control.
     pub safety_mix_share: f64,
@@ -61,7 +61,7 @@ impl Default for ReproduceConfig {
             ratio: 0.1,
             swat_warmup: 0.3,
             seeds: vec![0, 1, 2],
-            random_sets: 2,
+            random_sets: 3,
             safety_mix_share: 0.1,
             every: 25,
             eval_limit: 64,
@@ -73,16 +73,18 @@ impl Default for ReproduceConfig {
 }
 
 impl ReproduceConfig {
-    /// A small configuration for CI and Binder: one seed, one random set, short runs.
+    /// A small configuration for CI and Binder: one seed, one random set, short runs at a higher
+    /// LR, and the perturb robustness mode (seconds instead of minutes).
     pub fn quick() -> Self {
         let d = ReproduceConfig::default();
         ReproduceConfig {
+            lr: 3e-4,
             steps: 60,
             seeds: vec![0],
             random_sets: 1,
-            every: 30,
+            every: 20,
             eval_limit: 24,
-            robustness: RobustnessConfig { steps: 4, ..d.robustness.clone() },
+            robustness: RobustnessConfig { mode: Mode::Perturb, ..d.robustness.clone() },
             ..d
         }
     }
@@ -219,7 +221,7 @@ pub fn reproduce(model: &Model, data_dir: &Path, cfg: &ReproduceConfig) -> Resul
     let robust = mods_robust.modules.clone();
     let low_scale = plan(robust.clone(), cfg.ratio, 0).mean_scale(model)?;
     let mut jobs: Vec<Job> = Vec::new();
-    for &seed in &cfg.seeds {
+    for (i, &seed) in cfg.seeds.iter().enumerate() {
         jobs.push(Job { strategy: "plain", seed, set: None, plan: plan(ModuleSet::new(), 1.0, seed), data: &benign });
         jobs.push(Job {
             strategy: "ml-lr",
@@ -228,16 +230,16 @@ pub fn reproduce(model: &Model, data_dir: &Path, cfg: &ReproduceConfig) -> Resul
             plan: plan(robust.clone(), cfg.ratio, seed),
             data: &benign,
         });
-        for s in 0..cfg.random_sets {
-            let set = random_modules(model, mods_robust.param_share, 1000 + s as u64);
-            jobs.push(Job {
-                strategy: "random-subset",
-                seed,
-                set: Some(s),
-                plan: plan(set, cfg.ratio, seed),
-                data: &benign,
-            });
-        }
+        // Seed i trains on random set i (mod the number of sets): seeds and sets vary together.
+        let s = i % cfg.random_sets.max(1);
+        let set = random_modules(model, mods_robust.param_share, 1000 + s as u64);
+        jobs.push(Job {
+            strategy: "random-subset",
+            seed,
+            set: Some(s),
+            plan: plan(set, cfg.ratio, seed),
+            data: &benign,
+        });
     }
     let seed0 = cfg.seeds.first().copied().unwrap_or(0);
     let swat = MlLr { swat_warmup: Some(cfg.swat_warmup), ..plan(robust.clone(), 1.0, seed0) };

@@ -176,3 +176,27 @@ impl crate::probe::Drift {
         emit(&html, &self.to_string())
     }
 }
+
+impl crate::tune::SafetyCurve {
+    /// Harmful/harmless refusal and task accuracy against the step, as one chart.
+    pub fn chart(&self) -> String {
+        let pick = |f: fn(&crate::tune::CurvePoint) -> f64| self.points.iter().map(|p| (p.step as f64, f(p))).collect();
+        let series = [
+            Series { label: "harmful refused".into(), points: pick(|p| p.harmful_refusal) },
+            Series { label: "harmless refused".into(), points: pick(|p| p.harmless_refusal) },
+            Series { label: "task accuracy".into(), points: pick(|p| p.task_accuracy) },
+        ];
+        line_chart(&self.label, "fine-tuning step", "rate", &series, Some((0.0, 1.0)))
+    }
+
+    /// Inline display in evcxr: the chart and the last point as text.
+    pub fn evcxr_display(&self) {
+        let last = self.points.last().map_or(String::new(), |p| {
+            format!(
+                "{}: step {} harmful refused {:.2}, harmless refused {:.2}, task accuracy {:.2}",
+                self.label, p.step, p.harmful_refusal, p.harmless_refusal, p.task_accuracy
+            )
+        });
+        emit(&format!("<div>{}<p>{}</p></div>", self.chart(), escape_html(&last)), &last)
+    }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Executes every notebook headlessly with the evcxr Rust kernel and fails on any cell error,
+# any panic or `Error:` in a cell's output, or a notebook without an inline chart.
+#
+#   tests/notebooks.sh              # quick configuration (SECURE_TUNING_QUICK=1), outputs discarded
+#   tests/notebooks.sh --full       # full configuration, outputs written back into notebooks/
+#
+# The same install steps serve CI and binder/Dockerfile (binder/setup.sh calls this script).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVCXR_VERSION=0.22.0
+if ! cargo install --list | grep -q "^evcxr_jupyter v$EVCXR_VERSION:"; then
+  cargo install --locked evcxr_jupyter --version "$EVCXR_VERSION"
+fi
+evcxr_jupyter --install >/dev/null
+VENV=${NOTEBOOK_VENV:-.venv-notebooks}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q nbclient==0.10.2 nbformat==5.10.4 ipykernel jupyter_client
+fi
+if [ "${1:-}" = "--full" ]; then
+  "$VENV/bin/python" tests/run_notebooks.py --write notebooks/*.ipynb
+else
+  SECURE_TUNING_QUICK=1 "$VENV/bin/python" tests/run_notebooks.py notebooks/*.ipynb
+fi
