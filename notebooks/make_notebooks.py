@@ -32,7 +32,7 @@ let harmless: Vec<Record> = split(&load_records(&data_dir.join("harmless.jsonl")
 let tasks: Vec<Record> = split(&ift, "eval").into_iter().take(n).collect();
 let eval_cfg = EvalConfig { max_new_tokens: 16, ..EvalConfig::default() };
 // Fine-tuning length and LR: quick runs use a higher LR so that 60 steps show the effect.
-let (lr, steps) = if quick { (3e-4, 60) } else { (2e-4, 150) };
+let (lr, steps): (f64, usize) = if quick { (3e-4, 60) } else { (2e-4, 150) };
 let base_eval = evaluate(&model, &harmful, &harmless, &tasks, &eval_cfg)?;
 base_eval"""
 
@@ -51,11 +51,11 @@ robust"""
 
 
 def md(text):
-    return {"cell_type": "markdown", "metadata": {}, "source": text.strip()}
+    return {"cell_type": "markdown", "id": "", "metadata": {}, "source": text.strip()}
 
 
 def code(text):
-    return {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": text.strip()}
+    return {"cell_type": "code", "id": "", "execution_count": None, "metadata": {}, "outputs": [], "source": text.strip()}
 
 
 def notebook(cells):
@@ -116,7 +116,8 @@ mllr.report"""),
         md("**F3: the probe as a proxy.** How far did fine-tuning move the harmful prompts' features, read "
            "through the frozen probe? The other notebooks take each finding in turn, with controls."),
         code("""println!("plain: {}", drift(&model, &plain.model, &probe)?);
-drift(&model, &mllr.model, &probe)?"""),
+let mllr_drift = drift(&model, &mllr.model, &probe)?;
+mllr_drift"""),
     ],
     "01-benign-ift-harms": [
         intro("F1: benign fine-tuning erodes safety",
@@ -297,6 +298,8 @@ def main():
     for name, cells in NOTEBOOKS.items():
         path = HERE / f"{name}.ipynb"
         nb = notebook(cells)
+        for i, c in enumerate(nb["cells"]):
+            c["id"] = f"{name[:2]}-{i:02d}"
         if path.exists():
             # Keep outputs of cells whose source did not change.
             old = json.loads(path.read_text())

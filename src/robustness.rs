@@ -149,7 +149,7 @@ impl Default for RobustnessConfig {
             seeds: vec![0],
             kinds: ModuleKind::ALL.to_vec(),
             layers_per_group: None,
-            epsilon: 0.1,
+            epsilon: 1.0,
             steps: 16,
             lr: 5e-3,
             batch_size: 16,
