@@ -32,7 +32,7 @@ let harmless: Vec<Record> = split(&load_records(&data_dir.join("harmless.jsonl")
 let tasks: Vec<Record> = split(&ift, "eval").into_iter().take(n).collect();
 let eval_cfg = EvalConfig { max_new_tokens: 16, ..EvalConfig::default() };
 // Fine-tuning length and LR: quick runs use a higher LR so that 60 steps show the effect.
-let (lr, steps): (f64, usize) = if quick { (3e-4, 60) } else { (2e-4, 150) };
+let (lr, steps): (f64, usize) = if quick { (5e-4, 60) } else { (2e-4, 150) };
 let base_eval = evaluate(&model, &harmful, &harmless, &tasks, &eval_cfg)?;
 base_eval"""
 

@@ -78,7 +78,7 @@ impl ReproduceConfig {
     pub fn quick() -> Self {
         let d = ReproduceConfig::default();
         ReproduceConfig {
-            lr: 3e-4,
+            lr: 5e-4,
             steps: 60,
             seeds: vec![0],
             random_sets: 1,
