@@ -25,7 +25,8 @@ pub struct SafetyEvalSets {
 pub struct CurvePoint {
     /// Optimizer steps taken.
     pub step: usize,
-    /// Mean training loss over the last steps (NaN before step 1).
+    /// Mean training loss over the last steps (NaN before step 1; `null` in JSON).
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss: f32,
     /// Refusal rate on harmful requests.
     pub harmful_refusal: f64,
@@ -80,4 +81,28 @@ pub fn safety_curve(
         Ok(())
     })?;
     Ok(SafetyCurve { label: label.to_string(), config: cfg.clone(), points, train_seconds: report.seconds })
+}
+
+/// JSON has no NaN: serde_json writes it as `null`, so read `null` back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_point_before_training_round_trips_through_json() {
+        let p = CurvePoint {
+            step: 0,
+            train_loss: f32::NAN,
+            harmful_refusal: 0.9,
+            harmless_refusal: 0.0,
+            task_accuracy: 0.1,
+        };
+        let back: CurvePoint = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert!(back.train_loss.is_nan());
+        assert_eq!((back.step, back.harmful_refusal), (0, 0.9));
+    }
 }

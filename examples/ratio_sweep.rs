@@ -1,0 +1,46 @@
+//! ML-LR's LR-ratio sweep on the default model: for each ratio, fine-tune with the robust set
+//! of a finished `reproduce` run and evaluate as `reproduce` does (same data, steps and sets).
+//!
+//! ```sh
+//! cargo run --release -- reproduce --out runs/reproduce
+//! cargo run --release --example ratio_sweep -- runs/reproduce/reproduction.json 0.3 0.5
+//! ```
+
+use secure_tuning::data::{load_records, split, Record};
+use secure_tuning::eval::{evaluate, EvalConfig};
+use secure_tuning::reproduce::Reproduction;
+use secure_tuning::tune::MlLr;
+use secure_tuning::{Error, Model, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((path, ratios)) = args.split_first() else {
+        return Err(Error::invalid("arguments", "usage: ratio_sweep REPRODUCTION.json RATIO [RATIO ...]"));
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
+    let repro: Reproduction = serde_json::from_str(&text).map_err(|e| Error::malformed(path, e.to_string()))?;
+    let cfg = &repro.config;
+    let model = Model::load("default")?;
+    let dir = secure_tuning::recipe::default_data_dir();
+    let ift = load_records(&dir.join("ift_general.jsonl"))?;
+    let take = |v: Vec<Record>, n: usize| v.into_iter().take(n).collect::<Vec<_>>();
+    let harmful = take(split(&load_records(&dir.join("harmful.jsonl"))?, "eval"), cfg.eval_limit);
+    let harmless = take(split(&load_records(&dir.join("harmless.jsonl"))?, "eval"), cfg.eval_limit / 2);
+    let tasks = take(split(&ift, "eval"), cfg.eval_limit);
+    let eval_cfg = EvalConfig { max_new_tokens: cfg.max_new_tokens, ..EvalConfig::default() };
+    for r in ratios {
+        let ratio: f64 = r.parse().map_err(|_| Error::invalid("ratio", format!("`{r}` is not a number")))?;
+        let plan = MlLr::builder()
+            .robust(repro.mods_robust.modules.clone())
+            .ratio(ratio)
+            .lr(cfg.lr)
+            .steps(cfg.steps)
+            .batch_size(cfg.batch_size)
+            .log_every_secs(None)
+            .build()?;
+        let tuned = plan.fit(&model, &split(&ift, "train"))?;
+        let e = evaluate(&tuned.model, &harmful, &harmless, &tasks, &eval_cfg)?;
+        println!("ratio {ratio}: {e} ({:.0}s training)", tuned.report.seconds);
+    }
+    Ok(())
+}
