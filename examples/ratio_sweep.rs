@@ -3,8 +3,10 @@
 //!
 //! ```sh
 //! cargo run --release -- reproduce --out runs/reproduce
-//! cargo run --release --example ratio_sweep -- runs/reproduce/reproduction.json 0.3 0.5
+//! cargo run --release --example ratio_sweep -- runs/reproduce/reproduction.json 0.3 0.5 0.1:1.0
 //! ```
+//!
+//! `R:N` sets the rest's ratio to R and the non-module parameters' (embeddings, norms, LM head) to N.
 
 use secure_tuning::data::{load_records, split, Record};
 use secure_tuning::eval::{evaluate, EvalConfig};
@@ -29,8 +31,16 @@ fn main() -> Result<()> {
     let tasks = take(split(&ift, "eval"), cfg.eval_limit);
     let eval_cfg = EvalConfig { max_new_tokens: cfg.max_new_tokens, ..EvalConfig::default() };
     for r in ratios {
-        let ratio: f64 = r.parse().map_err(|_| Error::invalid("ratio", format!("`{r}` is not a number")))?;
-        let plan = MlLr::builder()
+        let parse = |x: &str| x.parse::<f64>().map_err(|_| Error::invalid("ratio", format!("`{x}` is not a number")));
+        let (ratio, non_module) = match r.split_once(':') {
+            Some((a, b)) => (parse(a)?, Some(parse(b)?)),
+            None => (parse(r)?, None),
+        };
+        let mut builder = MlLr::builder();
+        if let Some(n) = non_module {
+            builder = builder.non_module_ratio(n);
+        }
+        let plan = builder
             .robust(repro.mods_robust.modules.clone())
             .ratio(ratio)
             .lr(cfg.lr)
@@ -40,7 +50,7 @@ fn main() -> Result<()> {
             .build()?;
         let tuned = plan.fit(&model, &split(&ift, "train"))?;
         let e = evaluate(&tuned.model, &harmful, &harmless, &tasks, &eval_cfg)?;
-        println!("ratio {ratio}: {e} ({:.0}s training)", tuned.report.seconds);
+        println!("ratio {r}: {e} ({:.0}s training)", tuned.report.seconds);
     }
     Ok(())
 }

@@ -207,6 +207,7 @@ pub fn reproduce(model: &Model, data_dir: &Path, cfg: &ReproduceConfig) -> Resul
             ratio,
             layer_factors: Default::default(),
             swat_warmup: None,
+            non_module_ratio: None,
             max_len: 256,
             train: TrainConfig {
                 lr: cfg.lr,

@@ -102,6 +102,8 @@ fn bad_plans_are_refused_with_a_reason() {
     assert!(err.contains("nothing would train"), "{err}");
     let err = MlLr::builder().robust(robust()).ratio(f64::NAN).build().unwrap_err().to_string();
     assert!(err.contains("LR ratio"), "{err}");
+    let err = MlLr::builder().robust(robust()).non_module_ratio(-0.5).build().unwrap_err().to_string();
+    assert!(err.contains("non-module"), "{err}");
     let err = MlLr::builder().robust(robust()).swat(1.0).build().unwrap_err().to_string();
     assert!(err.contains("SWAT"), "{err}");
     let unknown = ModuleSet::from_iter([ModuleId::new(9, ModuleKind::Q)]);
@@ -120,4 +122,16 @@ fn random_sets_match_the_share_and_depend_on_the_seed() {
         let share = param_count(model(), set) as f64 / total;
         assert!((share - 0.4).abs() < 0.03, "{share}");
     }
+}
+
+#[test]
+fn groups_partition_every_parameter_and_honour_the_non_module_ratio() {
+    let plan = MlLr::builder().robust(robust()).ratio(0.1).non_module_ratio(1.0).build().unwrap();
+    let groups = plan.groups(model(), 10).unwrap();
+    let names: Vec<&String> = groups.iter().flat_map(|g| &g.params).collect();
+    assert_eq!(names.len(), model().weights().len(), "every parameter in exactly one group");
+    let scale = |n: &str| groups.iter().find(|g| g.name == n).unwrap().lr_scale;
+    assert_eq!((scale("robust"), scale("rest"), scale("non-module")), (1.0, 0.1, 1.0));
+    let non_module = &groups.iter().find(|g| g.name == "non-module").unwrap().params;
+    assert!(non_module.contains(&"model.embed_tokens.weight".to_string()));
 }

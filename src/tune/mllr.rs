@@ -42,6 +42,10 @@ pub struct MlLr {
     pub layer_factors: BTreeMap<usize, f64>,
     /// SWAT: the share of steps during which only the robust set trains.
     pub swat_warmup: Option<f64>,
+    /// LR share of the parameters outside every module (embeddings, norms, LM head); `None` =
+    /// the rest's `ratio`.
+    #[serde(default)]
+    pub non_module_ratio: Option<f64>,
     /// Longest tokenised example.
     pub max_len: usize,
     /// Everything else: LR, schedule, batch, clipping, seed, checkpoints, budgets.
@@ -63,6 +67,7 @@ impl MlLr {
                 ratio: 0.1,
                 layer_factors: BTreeMap::new(),
                 swat_warmup: None,
+                non_module_ratio: None,
                 max_len: 256,
                 train: TrainConfig::default(),
             },
@@ -103,7 +108,9 @@ impl MlLr {
         let other: Vec<String> = model.weights().keys().filter(|n| !assigned.contains(*n)).cloned().collect();
         let mut out: Vec<LrGroup> = groups.into_values().collect();
         if !other.is_empty() {
-            out.push(LrGroup::new("non-module", other, self.ratio).starting_at(rest_start));
+            out.push(
+                LrGroup::new("non-module", other, self.non_module_ratio.unwrap_or(self.ratio)).starting_at(rest_start),
+            );
         }
         Ok(out)
     }
@@ -190,6 +197,11 @@ impl MlLrBuilder {
         self.plan.swat_warmup = Some(warmup_share);
         self
     }
+    /// The LR share of embeddings, norms and the LM head (default: the rest's ratio).
+    pub fn non_module_ratio(mut self, ratio: f64) -> Self {
+        self.plan.non_module_ratio = Some(ratio);
+        self
+    }
     /// Passes over the data (when no step count is set).
     pub fn epochs(mut self, epochs: f64) -> Self {
         self.plan.train.epochs = epochs;
@@ -273,7 +285,10 @@ impl MlLrBuilder {
         if !(p.ratio.is_finite() && p.ratio >= 0.0) {
             return bad("LR ratio", format!("{} must be a number >= 0 (0 freezes the rest, 1 is plain IFT)", p.ratio));
         }
-        if p.robust.is_empty() && p.ratio == 0.0 {
+        if let Some(r) = p.non_module_ratio.filter(|r| !(r.is_finite() && *r >= 0.0)) {
+            return bad("non-module LR ratio", format!("{r} must be a number >= 0"));
+        }
+        if p.robust.is_empty() && p.ratio == 0.0 && p.non_module_ratio.unwrap_or(0.0) == 0.0 {
             return bad("robust module set", "is empty and the ratio is 0: nothing would train".into());
         }
         if let Some((l, f)) = p.layer_factors.iter().find(|(_, f)| !(f.is_finite() && **f >= 0.0)) {
