@@ -5,7 +5,7 @@
 #   tests/notebooks.sh              # quick configuration (SECURE_TUNING_QUICK=1), outputs discarded
 #   tests/notebooks.sh --full       # full configuration, outputs written back into notebooks/
 #
-# The same install steps serve CI and binder/Dockerfile (binder/setup.sh calls this script).
+# The same install steps serve binder/Dockerfile (binder/setup.sh calls this script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVCXR_VERSION=0.22.0
