@@ -8,9 +8,9 @@
 //!
 //! `R:N` sets the rest's ratio to R and the non-module parameters' (embeddings, norms, LM head) to N.
 
-use secure_tuning::data::{load_records, split, Record};
+use secure_tuning::data::{load_records, split};
 use secure_tuning::eval::{evaluate, EvalConfig};
-use secure_tuning::reproduce::Reproduction;
+use secure_tuning::reproduce::{eval_sets, Reproduction};
 use secure_tuning::tune::MlLr;
 use secure_tuning::{Error, Model, Result};
 
@@ -24,11 +24,8 @@ fn main() -> Result<()> {
     let cfg = &repro.config;
     let model = Model::load("default")?;
     let dir = secure_tuning::recipe::default_data_dir();
-    let ift = load_records(&dir.join("ift_general.jsonl"))?;
-    let take = |v: Vec<Record>, n: usize| v.into_iter().take(n).collect::<Vec<_>>();
-    let harmful = take(split(&load_records(&dir.join("harmful.jsonl"))?, "eval"), cfg.eval_limit);
-    let harmless = take(split(&load_records(&dir.join("harmless.jsonl"))?, "eval"), cfg.eval_limit / 2);
-    let tasks = take(split(&ift, "eval"), cfg.eval_limit);
+    let benign = split(&load_records(&dir.join("ift_general.jsonl"))?, "train");
+    let sets = eval_sets(&dir, cfg.eval_limit)?;
     let eval_cfg = EvalConfig { max_new_tokens: cfg.max_new_tokens, ..EvalConfig::default() };
     for r in ratios {
         let parse = |x: &str| x.parse::<f64>().map_err(|_| Error::invalid("ratio", format!("`{x}` is not a number")));
@@ -48,8 +45,8 @@ fn main() -> Result<()> {
             .batch_size(cfg.batch_size)
             .log_every_secs(None)
             .build()?;
-        let tuned = plan.fit(&model, &split(&ift, "train"))?;
-        let e = evaluate(&tuned.model, &harmful, &harmless, &tasks, &eval_cfg)?;
+        let tuned = plan.fit(&model, &benign)?;
+        let e = evaluate(&tuned.model, &sets.harmful, &sets.harmless, &sets.tasks, &eval_cfg)?;
         println!("ratio {r}: {e} ({:.0}s training)", tuned.report.seconds);
     }
     Ok(())

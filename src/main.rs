@@ -543,13 +543,7 @@ fn tune(args: TuneArgs) -> Result<()> {
 
 fn curve(args: CurveArgs) -> Result<()> {
     let model = args.model.load()?;
-    let data_dir = secure_tuning::recipe::default_data_dir();
-    let path = match args.data.as_str() {
-        "general" => data_dir.join("ift_general.jsonl"),
-        "expertise" => data_dir.join("ift_expertise.jsonl"),
-        file => PathBuf::from(file),
-    };
-    let all = load_records(&path)?;
+    let all = load_records(&benign_path(&args.data))?;
     let train_set: Vec<Record> = all.iter().filter(|r| r.split != "eval").cloned().collect();
     let mut tasks: Vec<Record> = all.iter().filter(|r| r.split == "eval").cloned().collect();
     tasks.truncate(args.limit);
@@ -758,14 +752,19 @@ fn validate_refusal(args: ValidateRefusalArgs) -> Result<()> {
     Ok(())
 }
 
-fn benign_data(name: &str) -> Result<Vec<Record>> {
+/// `general` and `expertise` name the default model's benign sets; anything else is a file.
+fn benign_path(name: &str) -> PathBuf {
     let data_dir = secure_tuning::recipe::default_data_dir();
-    let path = match name {
+    match name {
         "general" => data_dir.join("ift_general.jsonl"),
         "expertise" => data_dir.join("ift_expertise.jsonl"),
         file => PathBuf::from(file),
-    };
-    let mut records = load_records(&path)?;
+    }
+}
+
+/// The training records (all but the `eval` split) of a benign set.
+fn benign_data(name: &str) -> Result<Vec<Record>> {
+    let mut records = load_records(&benign_path(name))?;
     records.retain(|r| r.split != "eval");
     Ok(records)
 }

@@ -383,10 +383,7 @@ fn features_at(model: &Model, prompts: &[String], only: Option<usize>, batch_siz
     if let Some(l) = only.filter(|&l| l >= n_entries) {
         return Err(Error::invalid("probe layer", format!("{l} is out of range: the model has {n_entries} entries")));
     }
-    let ids: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| model.tokenizer().encode_chat(&[Message::user(p.clone())], true))
-        .collect::<Result<_>>()?;
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| prompt_ids(model, p)).collect::<Result<_>>()?;
     // Sorting by length keeps padding (and wasted compute) small.
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| ids[i].len());
@@ -410,6 +407,17 @@ fn features_at(model: &Model, prompts: &[String], only: Option<usize>, batch_siz
             Ok(Tensor::stack(&r, 0)?)
         })
         .collect()
+}
+
+/// Token ids of `prompt` as the user turn of a chat, through the assistant header: the
+/// sequence whose last token the probes read.
+pub(crate) fn prompt_ids(model: &Model, prompt: &str) -> Result<Vec<u32>> {
+    model.tokenizer().encode_chat(&[Message::user(prompt)], true)
+}
+
+/// Share of `logits` on the harmful side (`> 0`).
+pub(crate) fn harmful_share(logits: &[f32]) -> f64 {
+    accuracy(logits, &vec![true; logits.len()])
 }
 
 /// L2-regularised logistic regression on standardised features, full-batch Adam from zero.

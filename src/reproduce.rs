@@ -16,7 +16,7 @@ use crate::model::{write_atomic, Model, ModuleSet};
 use crate::probe::{drift, probe_all, Drift, ProbeData, ProbeReport};
 use crate::robustness::{Mode, Robustness, RobustnessConfig};
 use crate::search::{ModsRobust, SearchConfig};
-use crate::tune::{random_modules, CurvePoint, MlLr, TrainConfig};
+use crate::tune::{random_modules, CurvePoint, MlLr, SafetyEvalSets};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -169,24 +169,12 @@ pub const STRATEGIES: [&str; 7] = ["plain", "ml-lr", "swat", "random-subset", "f
 pub fn reproduce(model: &Model, data_dir: &Path, cfg: &ReproduceConfig) -> Result<Reproduction> {
     let start = Instant::now();
     let log = |msg: String| println!("[reproduce {:>4.0}s] {msg}", start.elapsed().as_secs_f64());
-    let load = |f: &str| load_records(&data_dir.join(f));
-    let (harmful_all, harmless_all) = (load("harmful.jsonl")?, load("harmless.jsonl")?);
-    let ift = load("ift_general.jsonl")?;
-    let benign = split(&ift, "train");
-    let half = (cfg.eval_limit / 2).max(1);
-    let take = |v: Vec<Record>, n: usize| v.into_iter().take(n).collect::<Vec<_>>();
-    let harmful = take(split(&harmful_all, "eval"), cfg.eval_limit);
-    let harmless = take(split(&harmless_all, "eval"), half);
-    let tasks = take(split(&ift, "eval"), cfg.eval_limit);
-    if harmful.is_empty() || tasks.is_empty() {
-        return Err(Error::invalid(
-            "reproduce data",
-            format!("no held-out harmful or task records in `{}`", data_dir.display()),
-        ));
-    }
+    let harmful_all = load_records(&data_dir.join("harmful.jsonl"))?;
+    let benign = split(&load_records(&data_dir.join("ift_general.jsonl"))?, "train");
+    let sets = eval_sets(data_dir, cfg.eval_limit)?;
     let eval_cfg = EvalConfig { max_new_tokens: cfg.max_new_tokens, ..EvalConfig::default() };
 
-    let base = evaluate(model, &harmful, &harmless, &tasks, &eval_cfg)?;
+    let base = evaluate(model, &sets.harmful, &sets.harmless, &sets.tasks, &eval_cfg)?;
     log(format!("base: {base}"));
     let probe = probe_all(model, &ProbeData::default_twins()?)?;
     log(format!("{probe}"));
@@ -201,34 +189,32 @@ pub fn reproduce(model: &Model, data_dir: &Path, cfg: &ReproduceConfig) -> Resul
     let mut mixed = benign.clone();
     mixed.extend(refusals.iter().take(n_mix).cloned());
 
-    let plan = |robust: ModuleSet, ratio: f64, seed: u64| -> MlLr {
-        MlLr {
-            robust,
-            ratio,
-            layer_factors: Default::default(),
-            swat_warmup: None,
-            non_module_ratio: None,
-            max_len: 256,
-            train: TrainConfig {
-                lr: cfg.lr,
-                max_steps: Some(cfg.steps),
-                batch_size: cfg.batch_size,
-                seed,
-                log_every_secs: None,
-                ..TrainConfig::default()
-            },
-        }
+    let plan = |robust: ModuleSet, ratio: f64, seed: u64| {
+        MlLr::builder()
+            .robust(robust)
+            .ratio(ratio)
+            .lr(cfg.lr)
+            .steps(cfg.steps)
+            .batch_size(cfg.batch_size)
+            .seed(seed)
+            .log_every_secs(None)
     };
     let robust = mods_robust.modules.clone();
-    let low_scale = plan(robust.clone(), cfg.ratio, 0).mean_scale(model)?;
+    let low_scale = plan(robust.clone(), cfg.ratio, 0).build()?.mean_scale(model)?;
     let mut jobs: Vec<Job> = Vec::new();
     for (i, &seed) in cfg.seeds.iter().enumerate() {
-        jobs.push(Job { strategy: "plain", seed, set: None, plan: plan(ModuleSet::new(), 1.0, seed), data: &benign });
+        jobs.push(Job {
+            strategy: "plain",
+            seed,
+            set: None,
+            plan: plan(ModuleSet::new(), 1.0, seed).build()?,
+            data: &benign,
+        });
         jobs.push(Job {
             strategy: "ml-lr",
             seed,
             set: None,
-            plan: plan(robust.clone(), cfg.ratio, seed),
+            plan: plan(robust.clone(), cfg.ratio, seed).build()?,
             data: &benign,
         });
         // Seed i trains on random set i (mod the number of sets): seeds and sets vary together.
@@ -238,53 +224,38 @@ pub fn reproduce(model: &Model, data_dir: &Path, cfg: &ReproduceConfig) -> Resul
             strategy: "random-subset",
             seed,
             set: Some(s),
-            plan: plan(set, cfg.ratio, seed),
+            plan: plan(set, cfg.ratio, seed).build()?,
             data: &benign,
         });
     }
     let seed0 = cfg.seeds.first().copied().unwrap_or(0);
-    let swat = MlLr { swat_warmup: Some(cfg.swat_warmup), ..plan(robust.clone(), 1.0, seed0) };
+    let swat = plan(robust.clone(), 1.0, seed0).swat(cfg.swat_warmup).build()?;
     jobs.push(Job { strategy: "swat", seed: seed0, set: None, plan: swat, data: &benign });
     jobs.push(Job {
         strategy: "freeze-rest",
         seed: seed0,
         set: None,
-        plan: plan(robust.clone(), 0.0, seed0),
+        plan: plan(robust.clone(), 0.0, seed0).build()?,
         data: &benign,
     });
-    let mut low = plan(ModuleSet::new(), 1.0, seed0);
-    low.train.lr = cfg.lr * low_scale;
+    let low = plan(ModuleSet::new(), 1.0, seed0).lr(cfg.lr * low_scale).build()?;
     jobs.push(Job { strategy: "low-lr", seed: seed0, set: None, plan: low, data: &benign });
     jobs.push(Job {
         strategy: "safety-mix",
         seed: seed0,
         set: None,
-        plan: plan(ModuleSet::new(), 1.0, seed0),
+        plan: plan(ModuleSet::new(), 1.0, seed0).build()?,
         data: &mixed,
     });
 
     let mut runs = Vec::new();
     for (i, Job { strategy: name, seed, set, plan, data }) in jobs.iter().enumerate() {
         let mut points = Vec::new();
-        let mut last_drift = None;
         let tuned = plan.fit_observed(model, data, cfg.every, |m, r| {
-            let e = evaluate(m, &harmful, &harmless, &tasks, &eval_cfg)?;
-            points.push(CurvePoint {
-                step: r.steps,
-                train_loss: if r.losses.is_empty() { f32::NAN } else { r.recent_loss(cfg.every.min(10)) },
-                harmful_refusal: e.harmful.map_or(f64::NAN, |s| s.refusal_rate),
-                harmless_refusal: e.harmless.map_or(f64::NAN, |s| s.refusal_rate),
-                task_accuracy: e.tasks.map_or(f64::NAN, |s| s.accuracy),
-            });
-            if r.steps == r.total_steps {
-                last_drift = Some(drift(model, m, &probe)?);
-            }
+            points.push(CurvePoint::measure(m, r, cfg.every, &sets, &eval_cfg)?);
             Ok(())
         })?;
-        let drift = match last_drift {
-            Some(d) => d,
-            None => drift(model, &tuned.model, &probe)?,
-        };
+        let drift = drift(model, &tuned.model, &probe)?;
         let p = points.last().copied().expect("at least the final point");
         log(format!(
             "run {}/{} {name} seed {seed}{}: harmful refused {:.2}, task accuracy {:.2}, {:.0}s training",
@@ -319,6 +290,27 @@ pub fn reproduce(model: &Model, data_dir: &Path, cfg: &ReproduceConfig) -> Resul
         verdict,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The held-out evaluation sets of the default model's data in `data_dir`: up to `limit`
+/// harmful requests, half as many harmless twins, and up to `limit` held-out tasks of the
+/// `general` benign set.
+pub fn eval_sets(data_dir: &Path, limit: usize) -> Result<SafetyEvalSets> {
+    let held_out = |file: &str, n: usize| -> Result<Vec<Record>> {
+        Ok(split(&load_records(&data_dir.join(file))?, "eval").into_iter().take(n).collect())
+    };
+    let sets = SafetyEvalSets {
+        harmful: held_out("harmful.jsonl", limit)?,
+        harmless: held_out("harmless.jsonl", (limit / 2).max(1))?,
+        tasks: held_out("ift_general.jsonl", limit)?,
+    };
+    if sets.harmful.is_empty() || sets.tasks.is_empty() {
+        return Err(Error::invalid(
+            "reproduce data",
+            format!("no held-out harmful or task records in `{}`", data_dir.display()),
+        ));
+    }
+    Ok(sets)
 }
 
 /// One fine-tuning run to do.

@@ -24,8 +24,8 @@ use crate::data::{Record, Rng};
 use crate::display::{emit, escape_html, heatmap, Heatmap};
 use crate::error::{Error, Result};
 use crate::eval::RefusalDetector;
-use crate::model::{GenerateOptions, Message, Model, ModuleId, ModuleKind, ModuleSet};
-use crate::probe::{cosine_drift, layer_features, Probe, ProbeReport};
+use crate::model::{GenerateOptions, Model, ModuleId, ModuleKind, ModuleSet};
+use crate::probe::{cosine_drift, harmful_share, layer_features, prompt_ids, Probe, ProbeReport};
 use crate::tune::{encode_examples, response_loss, train, Example, LrGroup, TrainConfig};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -480,7 +480,7 @@ impl<'a> Bench<'a> {
         let proxy = probe.proxy().clone();
         let base_features = layer_features(base, &harmful, proxy.layer, 32)?;
         let logits = proxy.logits(&base_features)?;
-        let base_probe_acc = logits.iter().filter(|&&z| z > 0.0).count() as f64 / logits.len() as f64;
+        let base_probe_acc = harmful_share(&logits);
         let base_logit = mean(&logits);
         let refusals = if config.mode != Mode::Adversarial && config.measure == Measure::RefusalLogProb {
             own_refusals(base, &harmful, config.reference_tokens)?
@@ -563,11 +563,7 @@ impl<'a> Bench<'a> {
         let mut model = self.base.clone();
         let vars = model.make_trainable(names)?;
         let mut opt = crate::tune::AdamW::new(&vars, crate::tune::AdamWParams::default())?;
-        let ids: Vec<Vec<u32>> = self
-            .harmful
-            .iter()
-            .map(|p| model.tokenizer().encode_chat(&[Message::user(p.clone())], true))
-            .collect::<Result<_>>()?;
+        let ids: Vec<Vec<u32>> = self.harmful.iter().map(|p| prompt_ids(&model, p)).collect::<Result<_>>()?;
         let batch = crate::model::Batch::from_sequences(&ids, 0, model.device())?;
         let d = self.probe.weight.len();
         let dev = model.device().clone();
@@ -595,7 +591,7 @@ impl<'a> Bench<'a> {
             }
             opt.step(&g, |_| self.config.lr)?;
             let z = self.probe.logits_of(&model, &self.harmful)?;
-            let acc = z.iter().filter(|&&v| v > 0.0).count() as f64 / z.len() as f64;
+            let acc = harmful_share(&z);
             drop = (self.base_probe_acc - acc).max(0.0);
             if drop >= self.config.target_drop {
                 break;
@@ -635,7 +631,7 @@ fn own_refusals(model: &Model, prompts: &[String], tokens: usize) -> Result<Vec<
     let opts = GenerateOptions { max_new_tokens: tokens, ..GenerateOptions::default() };
     let mut out = Vec::new();
     for p in prompts {
-        let prompt = model.tokenizer().encode_chat(&[Message::user(p.clone())], true)?;
+        let prompt = prompt_ids(model, p)?;
         let answer = model.generate(&prompt, &opts)?;
         if !answer.is_empty() && detector.is_refusal(&model.tokenizer().decode(&answer)?) {
             let mut ids = prompt.clone();

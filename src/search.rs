@@ -157,7 +157,7 @@ impl Robustness {
         let start = Instant::now();
         let bench = Bench::new(model, probe, benign, &self.config)?;
         let all: ModuleSet = self.ranking().iter().fold(ModuleSet::new(), |acc, (s, _)| acc.union(s));
-        let total = param_count(model, &all) as f64;
+        let total = model.num_params_of(&all) as f64;
         // Every joint change is averaged over the matrix's seeds, like its cells.
         let seeds = &self.config.seeds;
         let joint = |set: &ModuleSet| -> Result<f64> {
@@ -170,7 +170,7 @@ impl Robustness {
         let reference_damage = joint(&all)?;
         let limit = config.tolerance * reference_damage;
         let candidates: Vec<(ModuleSet, f64)> =
-            self.ranking().into_iter().map(|(s, _)| (s.clone(), param_count(model, &s) as f64 / total)).collect();
+            self.ranking().into_iter().map(|(s, _)| (s.clone(), model.num_params_of(&s) as f64 / total)).collect();
         let mut last_log = Instant::now();
         let (modules, steps) = greedy(&candidates, limit, config.max_share, |set| {
             let damage = joint(set)?;
@@ -186,7 +186,7 @@ impl Robustness {
             }
             Ok(damage)
         })?;
-        let param_share = param_count(model, &modules) as f64 / total;
+        let param_share = model.num_params_of(&modules) as f64 / total;
         Ok(ModsRobust {
             model: model.to_string(),
             modules,
@@ -198,11 +198,6 @@ impl Robustness {
             seconds: start.elapsed().as_secs_f64(),
         })
     }
-}
-
-/// Number of parameters of `set` in `model`.
-pub fn param_count(model: &Model, set: &ModuleSet) -> usize {
-    model.param_names(set).iter().map(|n| model.weights()[n].elem_count()).sum()
 }
 
 /// The greedy search itself, independent of how damage is measured: `candidates` (groups with

@@ -3,24 +3,13 @@
 //! set `SECURE_TUNING_PYPI_DIR`) print `SKIPPED: ...` and pass when a wheel is missing; the
 //! hub path and the error path run against a local fake server and an empty environment.
 
+mod common;
+use common::{pypi_dir, skip};
 use secure_tuning::data::benchmarks::{Benchmark, Dataset, Source};
 use secure_tuning::data::twins::{check_twin, twins};
 use secure_tuning::eval::{pyrit_refusal_labels, validate_detector, RefusalDetector};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// Says why a test is skipped, on stderr directly so that the test harness does not swallow it.
-fn skip(reason: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
-}
-
-fn pypi_dir() -> PathBuf {
-    std::env::var_os("SECURE_TUNING_PYPI_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/cache/pypi"))
-}
 
 /// The benchmark from the fetched wheels, or `None` after printing why it is skipped.
 fn from_wheels(b: Benchmark) -> Option<Dataset> {

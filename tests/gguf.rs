@@ -3,9 +3,11 @@
 //! checked against candle-transformers' `quantized_llama` (skipped, with a printed reason, when
 //! the wheel has not been fetched by `.ci/fetch-packages.sh`).
 
+mod common;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use common::{pypi_dir, skip};
 use secure_tuning::model::gguf::{compare_with_candle, import_gguf};
 use secure_tuning::prelude::*;
 use secure_tuning::pypi::PackageFile;
@@ -14,19 +16,6 @@ use std::path::{Path, PathBuf};
 
 fn fixture(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(case)
-}
-
-/// Where the fetched wheels are: `SECURE_TUNING_PYPI_DIR`, else `.ci/cache/pypi`.
-/// Says why a test is skipped, on stderr directly so that the test harness does not swallow it.
-fn skip(reason: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
-}
-
-fn pypi_dir() -> PathBuf {
-    std::env::var_os("SECURE_TUNING_PYPI_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/cache/pypi"))
 }
 
 fn json(path: &Path) -> serde_json::Value {

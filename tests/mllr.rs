@@ -3,7 +3,6 @@
 
 use secure_tuning::data::{load_records, split, Record};
 use secure_tuning::model::{Batch, Capture, ModuleId, ModuleKind, ModuleSet};
-use secure_tuning::search::param_count;
 use secure_tuning::tune::{random_modules, MlLr};
 use secure_tuning::Model;
 use std::sync::OnceLock;
@@ -114,12 +113,12 @@ fn bad_plans_are_refused_with_a_reason() {
 
 #[test]
 fn random_sets_match_the_share_and_depend_on_the_seed() {
-    let total = param_count(model(), &ModuleSet::all(6)) as f64;
+    let total = model().num_params_of(&ModuleSet::all(6)) as f64;
     let a = random_modules(model(), 0.4, 1);
     let b = random_modules(model(), 0.4, 2);
     assert_ne!(a, b);
     for set in [&a, &b] {
-        let share = param_count(model(), set) as f64 / total;
+        let share = model().num_params_of(set) as f64 / total;
         assert!((share - 0.4).abs() < 0.03, "{share}");
     }
 }

@@ -249,6 +249,18 @@ impl Model {
         self.weights.values().map(|t| t.elem_count()).sum()
     }
 
+    /// Number of parameters (elements) of the modules in `set`.
+    ///
+    /// ```
+    /// # let model = secure_tuning::Model::load_dir("tests/fixtures/llama3").unwrap();
+    /// use secure_tuning::model::ModuleSet;
+    /// let n = model.config().num_layers;
+    /// assert_eq!(model.num_params_of(&ModuleSet::all(n)), model.num_params_of(&ModuleSet::attn(n)) + model.num_params_of(&ModuleSet::mlp(n)));
+    /// ```
+    pub fn num_params_of(&self, set: &ModuleSet) -> usize {
+        self.param_names(set).iter().map(|n| self.weights[n].elem_count()).sum()
+    }
+
     /// Saves the model as a Hugging Face folder (config, tokenizer files, model.safetensors),
     /// each file written atomically.
     pub fn save_dir(&self, dir: impl AsRef<Path>) -> Result<()> {

@@ -2,7 +2,7 @@
 //! and task accuracy, measured every few steps while a strategy trains. Strategies must be
 //! compared along such trajectories, not at one point (DESIGN.md section 9).
 
-use super::trainer::{encode_examples, train_observed, TrainConfig};
+use super::trainer::{encode_examples, train_observed, TrainConfig, TrainReport};
 use crate::data::Record;
 use crate::error::Result;
 use crate::eval::{evaluate, EvalConfig};
@@ -36,6 +36,27 @@ pub struct CurvePoint {
     pub task_accuracy: f64,
 }
 
+impl CurvePoint {
+    /// Evaluates `model` on `sets` at the point of training `report` describes; the loss is the
+    /// mean of the last `min(every, 10)` steps.
+    pub fn measure(
+        model: &Model,
+        report: &TrainReport,
+        every: usize,
+        sets: &SafetyEvalSets,
+        eval: &EvalConfig,
+    ) -> Result<Self> {
+        let e = evaluate(model, &sets.harmful, &sets.harmless, &sets.tasks, eval)?;
+        Ok(CurvePoint {
+            step: report.steps,
+            train_loss: if report.losses.is_empty() { f32::NAN } else { report.recent_loss(every.min(10)) },
+            harmful_refusal: e.harmful.map_or(f64::NAN, |s| s.refusal_rate),
+            harmless_refusal: e.harmless.map_or(f64::NAN, |s| s.refusal_rate),
+            task_accuracy: e.tasks.map_or(f64::NAN, |s| s.accuracy),
+        })
+    }
+}
+
 /// A strategy's trajectory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SafetyCurve {
@@ -63,14 +84,7 @@ pub fn safety_curve(
     let examples = encode_examples(&model, data, 256)?;
     let mut points = Vec::new();
     let report = train_observed(&mut model, &examples, cfg, every, |m, r| {
-        let e = evaluate(m, &sets.harmful, &sets.harmless, &sets.tasks, eval)?;
-        let p = CurvePoint {
-            step: r.steps,
-            train_loss: if r.losses.is_empty() { f32::NAN } else { r.recent_loss(every.min(10)) },
-            harmful_refusal: e.harmful.map_or(f64::NAN, |s| s.refusal_rate),
-            harmless_refusal: e.harmless.map_or(f64::NAN, |s| s.refusal_rate),
-            task_accuracy: e.tasks.map_or(f64::NAN, |s| s.accuracy),
-        };
+        let p = CurvePoint::measure(m, r, every, sets, eval)?;
         if cfg.log_every_secs.is_some() {
             println!(
                 "[{label}] step {}: harmful refused {:.2}, harmless refused {:.2}, task accuracy {:.2}",

@@ -117,11 +117,8 @@ impl MlLr {
 
     /// The trainer settings for `model` with `n_examples` examples (groups filled in).
     pub fn train_config(&self, model: &Model, n_examples: usize) -> Result<TrainConfig> {
-        let t = &self.train;
-        let per_step = (t.batch_size * t.grad_accum).max(1);
-        let total =
-            t.max_steps.unwrap_or_else(|| ((t.epochs * n_examples as f64) / per_step as f64).ceil().max(1.0) as usize);
-        Ok(TrainConfig { groups: self.groups(model, total)?, ..t.clone() })
+        let total = self.train.total_steps(n_examples);
+        Ok(TrainConfig { groups: self.groups(model, total)?, ..self.train.clone() })
     }
 
     /// Fine-tunes a copy of `model` on `data` (records with `output`s) and returns it with the
@@ -163,9 +160,9 @@ impl MlLr {
         let groups = self.groups(model, 1)?;
         let (mut num, mut den) = (0.0, 0.0);
         for g in &groups {
-            let n: usize = g.params.iter().map(|p| model.weights()[p].elem_count()).sum();
-            num += g.lr_scale * n as f64;
-            den += n as f64;
+            let n = g.num_params(model) as f64;
+            num += g.lr_scale * n;
+            den += n;
         }
         Ok(num / den.max(1.0))
     }
@@ -324,9 +321,7 @@ pub struct Tuned {
 /// ```
 pub fn random_modules(model: &Model, share: f64, seed: u64) -> ModuleSet {
     let all: Vec<ModuleId> = ModuleSet::all(model.config().num_layers).iter().copied().collect();
-    let size = |m: &ModuleId| -> usize {
-        model.param_names(&ModuleSet::from_iter([*m])).iter().map(|n| model.weights()[n].elem_count()).sum()
-    };
+    let size = |m: &ModuleId| model.num_params_of(&ModuleSet::from_iter([*m]));
     let total: usize = all.iter().map(size).sum();
     let mut order = all.clone();
     Rng::new(seed).shuffle(&mut order);

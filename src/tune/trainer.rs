@@ -91,6 +91,11 @@ impl LrGroup {
         LrGroup { name: name.into(), params, lr_scale, start_step: 0 }
     }
 
+    /// Number of parameters (elements) of the group's tensors in `model`.
+    pub fn num_params(&self, model: &Model) -> usize {
+        self.params.iter().filter_map(|p| model.weights().get(p)).map(|t| t.elem_count()).sum()
+    }
+
     /// The same group, trained only from `step` on.
     pub fn starting_at(mut self, step: usize) -> Self {
         self.start_step = step;
@@ -184,6 +189,21 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// Optimizer steps this plan takes on `n_examples` examples: `max_steps`, or enough
+    /// steps for `epochs` passes (at least one).
+    ///
+    /// ```
+    /// use secure_tuning::tune::TrainConfig;
+    /// let cfg = TrainConfig { epochs: 2.0, batch_size: 4, ..TrainConfig::default() };
+    /// assert_eq!(cfg.total_steps(10), 5);
+    /// ```
+    pub fn total_steps(&self, n_examples: usize) -> usize {
+        let per_step = (self.batch_size * self.grad_accum).max(1);
+        self.max_steps.unwrap_or_else(|| ((self.epochs * n_examples as f64) / per_step as f64).ceil().max(1.0) as usize)
+    }
+}
+
 /// What a training run did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainReport {
@@ -269,10 +289,7 @@ pub fn train_observed(
     let vars = model.make_trainable(&trainable)?;
     let mut opt = AdamW::new(&vars, AdamWParams { weight_decay: cfg.weight_decay, ..Default::default() })?;
 
-    let per_step = cfg.batch_size * cfg.grad_accum;
-    let total_steps = cfg
-        .max_steps
-        .unwrap_or_else(|| ((cfg.epochs * examples.len() as f64) / per_step as f64).ceil().max(1.0) as usize);
+    let total_steps = cfg.total_steps(examples.len());
     let schedule = Schedule {
         warmup_steps: ((total_steps as f64 * cfg.warmup_ratio).round() as usize).max(1),
         total_steps,
@@ -284,7 +301,7 @@ pub fn train_observed(
             name: g.name.clone(),
             lr_scale: g.lr_scale,
             start_step: g.start_step,
-            num_params: g.params.iter().map(|p| model.weights()[p].elem_count()).sum(),
+            num_params: g.num_params(model),
             lrs: vec![],
             update_norms: vec![],
         })
@@ -299,6 +316,9 @@ pub fn train_observed(
         finished: false,
         groups: traces,
     };
+    if cfg.log_every_secs.is_some() {
+        print_plan(&groups, &report.groups);
+    }
     let trace_every = (total_steps / 100).max(1);
     if cfg.resume {
         if let Some(dir) = &cfg.checkpoint_dir {
@@ -318,7 +338,6 @@ pub fn train_observed(
             }
         }
     }
-    print_plan(&groups, model, cfg.log_every_secs.is_some());
     if every != usize::MAX && report.steps == 0 {
         observe(model, &report)?;
     }
@@ -442,13 +461,9 @@ fn validate(cfg: &TrainConfig, examples: &[Example]) -> Result<()> {
 }
 
 /// Before step 1: each group's tensor and parameter count.
-fn print_plan(groups: &[LrGroup], model: &Model, verbose: bool) {
-    if !verbose {
-        return;
-    }
-    for g in groups {
-        let n: usize = g.params.iter().map(|p| model.weights()[p].elem_count()).sum();
-        println!("group {:<8} lr x{:<5} {:>4} tensors {:>10} params", g.name, g.lr_scale, g.params.len(), n);
+fn print_plan(groups: &[LrGroup], traces: &[GroupTrace]) {
+    for (g, t) in groups.iter().zip(traces) {
+        println!("group {:<8} lr x{:<5} {:>4} tensors {:>10} params", g.name, g.lr_scale, g.params.len(), t.num_params);
     }
 }
 
