@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod data;
 pub mod display;
 pub mod error;

@@ -18,6 +18,9 @@ use secure_tuning::tune::{encode_examples, safety_curve, train, CurvePoint, Safe
 use serde_json::json;
 use std::path::PathBuf;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "secure-tuning", version, about = "Study and prevent the safety loss of benign fine-tuning")]
 struct Cli {
@@ -55,6 +58,43 @@ enum Command {
     Datasets(DatasetsArgs),
     /// Score the refusal detector against human-labelled responses (pyrit's refusal set by default).
     ValidateRefusal(ValidateRefusalArgs),
+    /// Time probe extraction, an ML-LR training step (full and LoRA) and generation on a model of
+    /// a preset's shapes with random weights; optionally PyTorch on the same workloads.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// default, qwen2.5-0.5b or llama-3.2-1b.
+    #[arg(long, default_value = "default")]
+    preset: String,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Sequences per batch (default: 8 on a GPU, 4 on the CPU).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Tokens per sequence (default: 512 on a GPU, 128 on the CPU).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Timed runs per workload (default: 10 on a GPU, 3 on the CPU).
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Untimed warm-up runs (default: 3 on a GPU, 1 on the CPU).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Comma-separated subset of forward, full-step, lora-step, generate.
+    #[arg(long)]
+    workloads: Option<String>,
+    /// Peak dense TFLOP/s of the device, for MFU (default 989 on a GPU: H100/H200 SXM bf16).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+    /// Also run benches/torch_bench.py with this Python (needs torch and transformers; peft optional).
+    #[arg(long)]
+    torch: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -365,11 +405,25 @@ struct ModelArgs {
     /// Hub revision (branch, tag or commit).
     #[arg(long)]
     revision: Option<String>,
+    /// auto (a CUDA GPU when built with `cuda` and one is present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Weight dtype: f32, bf16 or f16 (default: f32 on the CPU, bf16 on a GPU).
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 impl ModelArgs {
     fn load(&self) -> Result<Model> {
-        let opts = LoadOptions { revision: self.revision.clone(), ..LoadOptions::default() };
+        let dtype = match self.dtype.as_deref() {
+            None => None,
+            Some("f32") => Some(candle_core::DType::F32),
+            Some("bf16") => Some(candle_core::DType::BF16),
+            Some("f16") => Some(candle_core::DType::F16),
+            Some(other) => return Err(Error::invalid("--dtype", format!("`{other}`; expected f32, bf16 or f16"))),
+        };
+        let device = secure_tuning::model::parse_device(&self.device)?;
+        let opts = LoadOptions { revision: self.revision.clone(), dtype, device };
         Model::load_with(&self.model, &opts)
     }
 }
@@ -887,6 +941,35 @@ fn reproduce(args: ReproduceArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench(args: BenchArgs) -> Result<()> {
+    use secure_tuning::bench::{compare_with_torch, run, BenchConfig, Preset, Workload};
+    let preset: Preset = args.preset.parse()?;
+    let device = secure_tuning::model::parse_device(&args.device)?;
+    let mut cfg = BenchConfig::for_device(preset, &device);
+    cfg.batch = args.batch.unwrap_or(cfg.batch);
+    cfg.seq = args.seq.unwrap_or(cfg.seq);
+    cfg.iters = args.iters.unwrap_or(cfg.iters);
+    cfg.warmup = args.warmup.unwrap_or(cfg.warmup);
+    cfg.peak_tflops = args.peak_tflops.or(cfg.peak_tflops);
+    if let Some(list) = &args.workloads {
+        cfg.workloads = list.split(',').map(|w| w.trim().parse::<Workload>()).collect::<Result<_>>()?;
+    }
+    let report = run(&cfg)?;
+    match &args.torch {
+        Some(python) => {
+            let cmp = compare_with_torch(&cfg, report, python)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&cmp).expect("serialises"));
+            } else {
+                print!("{cmp}");
+            }
+        }
+        None if args.json => println!("{}", serde_json::to_string_pretty(&report).expect("serialises")),
+        None => print!("{report}"),
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -904,6 +987,7 @@ fn main() {
         Command::ImportGguf(a) => import_gguf(a),
         Command::Datasets(a) => datasets(a),
         Command::ValidateRefusal(a) => validate_refusal(a),
+        Command::Bench(a) => bench(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

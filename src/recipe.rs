@@ -318,10 +318,19 @@ fn act_of(instruction: &str) -> String {
 /// Where the embedded default model lives: `data/models/default` inside this crate's source
 /// (found at compile time, so it also works when the crate is a path dependency of a notebook).
 pub fn default_model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/models/default")
+    default_data_dir().join("models/default")
 }
 
-/// Where the default datasets live.
+/// Where the default datasets live: this crate's `data/` (its path at compile time), or, for a
+/// binary copied to another machine, `data/` in the working directory or under
+/// `SECURE_TUNING_HOME`.
 pub fn default_data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    if built.is_dir() {
+        return built;
+    }
+    match std::env::var_os("SECURE_TUNING_HOME") {
+        Some(home) => Path::new(&home).join("data"),
+        None => PathBuf::from("data"),
+    }
 }

@@ -1,9 +1,11 @@
 //! The hooked decoder: one implementation for Llama, Qwen2 and Mistral, read bottom-up
 //! (norm, rotary, linear, attention, MLP, layer, decoder), with named hook points.
 //!
-//! Only ops that have a backward pass are used, because the same code trains: an explicit
-//! RMSNorm (the fused `rms_norm` has no gradient), rotate-half rotary embeddings instead of the
-//! fused `rope`, and the composed `candle_nn::ops::softmax` instead of `softmax_last_dim`.
+//! Two flavours of the same code: the inference decoder uses candle's fused kernels (RMSNorm,
+//! rotary embedding, last-dim softmax; attention scores in the model's dtype, accumulated in
+//! f32 inside the kernels), while the training decoder uses only ops that have a backward pass
+//! (an explicit f32 RMSNorm, rotate-half rotary embeddings, a composed f32 softmax), because
+//! the fused kernels have no gradient.
 //! Parameter names are Hugging Face's, so `model.layers.3.mlp.down_proj.weight` in a checkpoint
 //! is `layers[3].mlp.down_proj.weight` here.
 
@@ -14,18 +16,36 @@ use super::weights::WeightSource;
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor, D};
 
-/// `y = x @ weight.t() + bias`, for inputs `(b, t, in)` or `(n, in)`.
+/// `y = x @ weight.t() + bias (+ scale * x @ A.t() @ B.t())`, for inputs `(b, t, in)` or
+/// `(n, in)`; the LoRA term only when the module has adapters.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    adapter: Option<Adapter>,
+}
+
+/// A LoRA adapter: `a` is `(r, in)`, `b` is `(out, r)`, both f32.
+#[derive(Debug, Clone)]
+struct Adapter {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
 }
 
 impl Linear {
     fn load(w: &WeightSource, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = w.get("weight", &[out_dim, in_dim])?;
         let bias = if bias { Some(w.get("bias", &[out_dim])?) } else { None };
-        Ok(Linear { weight, bias })
+        let adapter = match (w.lora_scale(), w.rows("lora_A.weight")) {
+            (Some(scale), Some(rank)) => Some(Adapter {
+                a: w.pp("lora_A").get("weight", &[rank, in_dim])?,
+                b: w.pp("lora_B").get("weight", &[out_dim, rank])?,
+                scale,
+            }),
+            _ => None,
+        };
+        Ok(Linear { weight, bias, adapter })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -33,9 +53,18 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
         // One 2-D GEMM against the transposed view; no copy of the weight.
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x = x.reshape((rows, in_dim))?;
+        let y = x.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let y = match &self.adapter {
+            // The low-rank path runs in the adapters' f32 and joins the base output's dtype.
+            Some(ad) => {
+                let low = x.to_dtype(ad.a.dtype())?.matmul(&ad.a.t()?)?.matmul(&ad.b.t()?)?;
+                (y + (low * ad.scale)?.to_dtype(self.weight.dtype())?)?
+            }
             None => y,
         };
         let mut out = dims;
@@ -56,7 +85,10 @@ impl RmsNorm {
         Ok(RmsNorm { weight: w.get("weight", &[dim])?, eps })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if fused {
+            return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?);
+        }
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -99,18 +131,31 @@ impl Rotary {
         Rotary { inv_freq: inv_freq.into_iter().map(|f| f as f32).collect() }
     }
 
-    /// `(cos, sin)`, each `(t, head_dim)`, for positions `offset..offset + t`.
-    fn cos_sin(&self, offset: usize, t: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
+    /// `(cos, sin)` for positions `offset..offset + t`: each `(t, head_dim / 2)` for the fused
+    /// kernel, or `(t, head_dim)` (both halves) for [`apply_rotary`].
+    fn cos_sin(&self, offset: usize, t: usize, fused: bool, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut freqs = Vec::with_capacity(t * 2 * half);
+        let copies = if fused { 1 } else { 2 };
+        let mut freqs = Vec::with_capacity(t * copies * half);
         for p in offset..offset + t {
-            for _ in 0..2 {
+            for _ in 0..copies {
                 freqs.extend(self.inv_freq.iter().map(|f| f * p as f32));
             }
         }
-        let freqs = Tensor::from_vec(freqs, (t, 2 * half), dev)?;
+        let freqs = Tensor::from_vec(freqs, (t, copies * half), dev)?;
         Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
     }
+}
+
+/// A 0 / `f32::MIN` mask in `dtype`, blocked entries clamped to the dtype's lowest finite value
+/// (a plain cast would turn them into -inf in bf16 and f16).
+fn in_dtype(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let lowest = match dtype {
+        DType::BF16 => -3.389_531_4e38,
+        DType::F16 => -65_504.0,
+        _ => return Ok(mask.to_dtype(dtype)?),
+    };
+    Ok(mask.clamp(lowest, 0f32)?.to_dtype(dtype)?)
 }
 
 /// `x * cos + rotate_half(x) * sin` for `x` of shape `(b, heads, t, head_dim)`.
@@ -152,6 +197,8 @@ struct ForwardCtx<'a> {
     /// Additive masks, `(b, 1, t, total)`, one per distinct sliding window; `None` = no mask needed.
     masks: &'a [(Option<usize>, Option<Tensor>)],
     capture: &'a Capture,
+    /// Use the fused (inference-only) kernels.
+    fused: bool,
 }
 
 impl ForwardCtx<'_> {
@@ -200,11 +247,15 @@ impl Attention {
         let q = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Q), self.q_proj.forward(x)?);
         let k = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::K), self.k_proj.forward(x)?);
         let v = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::V), self.v_proj.forward(x)?);
-        let q = q.reshape((b, t, self.num_heads, hd))?.transpose(1, 2)?; // (b, heads, t, hd)
-        let k = k.reshape((b, t, self.num_kv_heads, hd))?.transpose(1, 2)?; // (b, kv, t, hd)
+        // The 1/sqrt(hd) scale goes on q, the small tensor, rather than on the scores.
+        let q = (q.reshape((b, t, self.num_heads, hd))?.transpose(1, 2)?.contiguous()? * (hd as f64).powf(-0.5))?;
+        let k = k.reshape((b, t, self.num_kv_heads, hd))?.transpose(1, 2)?.contiguous()?; // (b, kv, t, hd)
         let v = v.reshape((b, t, self.num_kv_heads, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = apply_rotary(&q.contiguous()?, ctx.cos, ctx.sin)?;
-        let k = apply_rotary(&k.contiguous()?, ctx.cos, ctx.sin)?;
+        let (q, k) = if ctx.fused {
+            (candle_nn::rotary_emb::rope(&q, ctx.cos, ctx.sin)?, candle_nn::rotary_emb::rope(&k, ctx.cos, ctx.sin)?)
+        } else {
+            (apply_rotary(&q, ctx.cos, ctx.sin)?, apply_rotary(&k, ctx.cos, ctx.sin)?)
+        };
         let (k, v) = match cache {
             Some(slot) => {
                 let kv = match slot.take() {
@@ -219,13 +270,23 @@ impl Attention {
         let n_rep = self.num_heads / self.num_kv_heads;
         let k = candle_transformers::utils::repeat_kv(k, n_rep)?; // (b, heads, total, hd)
         let v = candle_transformers::utils::repeat_kv(v, n_rep)?;
-        // Scores and softmax in f32, as HF's eager attention does.
-        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? / (hd as f64).sqrt())?; // (b, heads, t, total)
-        let scores = match ctx.mask(window) {
-            Some(mask) => scores.broadcast_add(mask)?,
-            None => scores,
+        let scores = q.matmul(&k.t()?)?; // (b, heads, t, total)
+        let probs = if ctx.fused {
+            // Scores stay in the model's dtype; the kernel accumulates in f32.
+            let scores = match ctx.mask(window) {
+                Some(mask) => scores.broadcast_add(&in_dtype(mask, scores.dtype())?)?,
+                None => scores,
+            };
+            candle_nn::ops::softmax_last_dim(&scores)?
+        } else {
+            // Scores and softmax in f32, as HF's eager attention does.
+            let scores = scores.to_dtype(DType::F32)?;
+            let scores = match ctx.mask(window) {
+                Some(mask) => scores.broadcast_add(mask)?,
+                None => scores,
+            };
+            candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?
         };
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.num_heads * hd))?;
         Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?))
     }
@@ -290,11 +351,17 @@ impl DecoderLayer {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         acts: &mut Activations,
     ) -> Result<Tensor> {
-        let attn =
-            self.self_attn.forward(&self.input_layernorm.forward(x)?, layer, self.sliding_window, ctx, cache, acts)?;
+        let attn = self.self_attn.forward(
+            &self.input_layernorm.forward(x, ctx.fused)?,
+            layer,
+            self.sliding_window,
+            ctx,
+            cache,
+            acts,
+        )?;
         let attn = acts.keep(ctx.capture, HookPoint::AttnOut(layer), attn);
         let x = (x + attn)?;
-        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, layer, ctx, acts)?;
+        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x, ctx.fused)?, layer, ctx, acts)?;
         let mlp = acts.keep(ctx.capture, HookPoint::MlpOut(layer), mlp);
         Ok((x + mlp)?)
     }
@@ -309,6 +376,8 @@ pub struct Decoder {
     lm_head: Tensor,
     rotary: Rotary,
     cfg: Config,
+    /// Inference decoders use fused kernels; training ones ([`Decoder::for_training`]) do not.
+    fused: bool,
 }
 
 /// The input of a forward pass: right-padded token ids and each row's real length.
@@ -370,7 +439,13 @@ impl Decoder {
         } else {
             w.pp("lm_head").get("weight", &[cfg.vocab_size, cfg.hidden_size])?
         };
-        Ok(Decoder { embed_tokens, layers, norm, lm_head, rotary: Rotary::new(cfg), cfg: cfg.clone() })
+        Ok(Decoder { embed_tokens, layers, norm, lm_head, rotary: Rotary::new(cfg), cfg: cfg.clone(), fused: true })
+    }
+
+    /// The same decoder using only ops with a backward pass, so gradients flow.
+    pub fn for_training(mut self) -> Self {
+        self.fused = false;
+        self
     }
 
     /// Runs the decoder on `batch`, keeping what `capture` asks for. With a `cache`, the batch
@@ -383,11 +458,11 @@ impl Decoder {
         }
         let dev = batch.input_ids.device();
         let dtype = self.embed_tokens.dtype();
-        let (cos, sin) = self.rotary.cos_sin(offset, t, dtype, dev)?;
+        let (cos, sin) = self.rotary.cos_sin(offset, t, self.fused, dtype, dev)?;
         let mut windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.sliding_window).collect();
         windows.dedup();
         let masks = windows.into_iter().map(|w| Ok((w, self.mask(batch, offset, w)?))).collect::<Result<Vec<_>>>()?;
-        let ctx = ForwardCtx { cos: &cos, sin: &sin, masks: &masks, capture };
+        let ctx = ForwardCtx { cos: &cos, sin: &sin, masks: &masks, capture, fused: self.fused };
         let mut acts = Activations::default();
         let mut x =
             self.embed_tokens.embedding(&batch.input_ids.flatten_all()?)?.reshape((b, t, self.cfg.hidden_size))?;
@@ -397,7 +472,7 @@ impl Decoder {
             x = layer.forward(&x, l, &ctx, slot, &mut acts)?;
             x = acts.keep(capture, HookPoint::ResidPost(l), x);
         }
-        let x = acts.keep(capture, HookPoint::FinalNorm, self.norm.forward(&x)?);
+        let x = acts.keep(capture, HookPoint::FinalNorm, self.norm.forward(&x, self.fused)?);
         acts.logits = match &capture.logits {
             LogitsMode::None => None,
             LogitsMode::All => Some(self.head(&x)?),
@@ -428,32 +503,35 @@ impl Decoder {
         Ok(y.reshape(out)?)
     }
 
-    /// Additive mask `(b, 1, t, offset + t)` in f32 (0 = attend, `f32::MIN` = blocked), or `None`
-    /// when no position needs blocking (a single new token, unpadded, inside any window).
+    /// Additive f32 mask (0 = attend, `f32::MIN` = blocked), or `None` when no position needs
+    /// blocking (a single new token, unpadded, inside any window). Built on the device: `(1, 1,
+    /// t, offset + t)` shared by every row when no row is padded, else `(b, 1, t, offset + t)`.
     fn mask(&self, batch: &Batch, offset: usize, window: Option<usize>) -> Result<Option<Tensor>> {
         let (b, t) = batch.input_ids.dims2()?;
         let total = offset + t;
         let window_bites = window.is_some_and(|w| total > w);
-        if t == 1 && !batch.is_padded()? && !window_bites {
+        let padded = batch.is_padded()?;
+        if t == 1 && !padded && !window_bites {
             return Ok(None);
         }
-        let mut m = vec![0f32; b * t * total];
-        for (row, &len) in batch.lengths.iter().enumerate() {
-            for i in 0..t {
-                let q = offset + i;
-                for k in 0..total {
-                    let future = k > q;
-                    let outside = window.is_some_and(|w| q - k.min(q) >= w);
-                    let padding = k >= offset + len;
-                    if future || outside || padding {
-                        // Finite, as HF's `finfo.min`: a padding query outside every window
-                        // would otherwise be all -inf, softmax to NaN and leak NaN through V.
-                        m[(row * t + i) * total + k] = f32::MIN;
-                    }
-                }
-            }
+        let dev = batch.input_ids.device();
+        let query = Tensor::arange(offset as f32, total as f32, dev)?.reshape((1, 1, t, 1))?;
+        let key = Tensor::arange(0f32, total as f32, dev)?.reshape((1, 1, 1, total))?;
+        // Each condition as 0/1 in f32; a position is blocked when any holds.
+        let mut blocked = key.broadcast_gt(&query)?.to_dtype(DType::F32)?; // the future
+        if let Some(w) = window.filter(|_| window_bites) {
+            let outside = (&key + w as f64)?.broadcast_le(&query)?.to_dtype(DType::F32)?; // q - k >= w
+            blocked = (blocked + outside)?;
         }
-        Ok(Some(Tensor::from_vec(m, (b, 1, t, total), batch.input_ids.device())?))
+        if padded {
+            let ends: Vec<f32> = batch.lengths.iter().map(|&len| (offset + len) as f32).collect();
+            let ends = Tensor::from_vec(ends, (b, 1, 1, 1), dev)?;
+            blocked = blocked.broadcast_add(&key.broadcast_ge(&ends)?.to_dtype(DType::F32)?)?;
+            // padding keys
+        }
+        // Finite, as HF's `finfo.min`: a padding query outside every window would otherwise be
+        // all -inf, softmax to NaN and leak NaN through V.
+        Ok(Some((blocked.clamp(0f32, 1f32)? * f32::MIN as f64)?))
     }
 
     /// The configuration the decoder was built with.

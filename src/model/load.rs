@@ -19,14 +19,69 @@ pub struct LoadOptions {
     pub revision: Option<String>,
     /// Weight dtype; `None` = f32 on CPU, bf16 on CUDA.
     pub dtype: Option<DType>,
-    /// Where the weights live.
+    /// Where the weights live; the default is [`auto_device`].
     pub device: Device,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { revision: None, dtype: None, device: Device::Cpu }
+        LoadOptions { revision: None, dtype: None, device: auto_device() }
     }
+}
+
+/// The first CUDA GPU when the crate is built with the `cuda` feature and one is present,
+/// else the CPU. `SECURE_TUNING_DEVICE=cpu` (or `cuda:N`) overrides the choice.
+///
+/// ```
+/// let dev = secure_tuning::model::auto_device();
+/// # #[cfg(not(feature = "cuda"))]
+/// assert!(dev.is_cpu()); // built without `cuda`
+/// ```
+pub fn auto_device() -> Device {
+    if let Ok(spec) = std::env::var("SECURE_TUNING_DEVICE") {
+        if let Ok(dev) = parse_device(&spec) {
+            return dev;
+        }
+    }
+    if candle_core::utils::cuda_is_available() {
+        if let Ok(dev) = Device::new_cuda(0) {
+            return dev;
+        }
+    }
+    Device::Cpu
+}
+
+/// Parses `auto`, `cpu`, `cuda` or `cuda:N` into a device; asking for CUDA in a build without
+/// the `cuda` feature, or for a GPU that is not there, is an error that says so.
+///
+/// ```
+/// use secure_tuning::model::parse_device;
+/// assert!(parse_device("cpu").unwrap().is_cpu());
+/// assert!(parse_device("tpu").is_err());
+/// # #[cfg(not(feature = "cuda"))]
+/// assert!(parse_device("cuda:0").unwrap_err().to_string().contains("--features cuda"));
+/// ```
+pub fn parse_device(spec: &str) -> crate::Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    let ordinal = match spec.as_str() {
+        "auto" => return Ok(auto_device()),
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" | "gpu" => 0,
+        s => match s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => n,
+            None => {
+                return Err(Error::invalid("device", format!("`{spec}`; expected auto, cpu, cuda or cuda:N")));
+            }
+        },
+    };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(Error::invalid(
+            "device",
+            format!("`{spec}`: this build has no CUDA support; rebuild with `--features cuda`"),
+        ));
+    }
+    Device::new_cuda(ordinal)
+        .map_err(|e| Error::invalid("device", format!("`{spec}`: no usable CUDA GPU {ordinal} ({e})")))
 }
 
 impl LoadOptions {

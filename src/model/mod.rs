@@ -9,6 +9,7 @@ mod decoder;
 mod generate;
 pub mod gguf;
 mod load;
+mod lora;
 mod modules;
 mod weights;
 
@@ -18,7 +19,8 @@ pub use config::{Arch, Config, HfConfig, RopeScaling};
 pub use decoder::{Batch, Decoder, KvCache};
 pub use generate::{GenerateOptions, Sampling};
 pub use gguf::{import_gguf, GgufImport};
-pub use load::{hub_offline, is_hub_id, LoadOptions};
+pub use load::{auto_device, hub_offline, is_hub_id, parse_device, LoadOptions};
+pub use lora::{lora_names, LoraConfig};
 pub use modules::{ModuleId, ModuleKind, ModuleSet};
 pub use weights::{load_tensors, save_safetensors, write_atomic, Weights};
 
@@ -50,6 +52,7 @@ pub struct Model {
     name: String,
     eos_ids: Vec<u32>,
     device: Device,
+    lora: Option<LoraConfig>,
 }
 
 impl Model {
@@ -123,6 +126,68 @@ impl Model {
             dir: dir.to_path_buf(),
             eos_ids,
             device: opts.device.clone(),
+            lora: None,
+        })
+    }
+
+    /// A model of `config`'s shapes with random weights (normal, std 0.02; norm weights 1),
+    /// drawn on `device` as `dtype`, with the tokenizer of the folder `tokenizer_dir`. For
+    /// benchmarks and tests: nothing is downloaded.
+    ///
+    /// ```
+    /// use secure_tuning::Model;
+    /// let cfg = Model::load_dir("tests/fixtures/llama3")?.config().clone();
+    /// let m = Model::random(&cfg, "tests/fixtures/llama3".as_ref(), &candle_core::Device::Cpu, candle_core::DType::F32)?;
+    /// assert_eq!(m.num_params(), cfg.num_params());
+    /// # Ok::<(), secure_tuning::Error>(())
+    /// ```
+    pub fn random(config: &Config, tokenizer_dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let tokenizer = ChatTokenizer::from_dir(tokenizer_dir)?;
+        let (d, i, hd) = (config.hidden_size, config.intermediate_size, config.head_dim);
+        let (q, kv) = (config.num_heads * hd, config.num_kv_heads * hd);
+        let mut shapes: Vec<(String, Vec<usize>)> = vec![
+            ("model.embed_tokens.weight".into(), vec![config.vocab_size, d]),
+            ("model.norm.weight".into(), vec![d]),
+        ];
+        if !config.tie_word_embeddings {
+            shapes.push(("lm_head.weight".into(), vec![config.vocab_size, d]));
+        }
+        for l in 0..config.num_layers {
+            let p = format!("model.layers.{l}");
+            shapes.push((format!("{p}.input_layernorm.weight"), vec![d]));
+            shapes.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+            for (kind, (rows, cols)) in
+                ModuleKind::ALL.into_iter().zip([(q, d), (kv, d), (kv, d), (d, q), (i, d), (i, d), (d, i)])
+            {
+                let m = ModuleId::new(l, kind);
+                for name in decoder::module_param_names(&m, config) {
+                    let shape = if name.ends_with(".bias") { vec![rows] } else { vec![rows, cols] };
+                    shapes.push((name, shape));
+                }
+            }
+        }
+        let mut weights = Weights::new();
+        for (name, shape) in shapes {
+            let t = if name.ends_with("norm.weight") {
+                Tensor::ones(shape, dtype, device)?
+            } else {
+                Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype)?
+            };
+            weights.insert(name, t);
+        }
+        let decoder = Decoder::load(&weights::WeightSource::new(&weights, tokenizer_dir), config)?;
+        Ok(Model {
+            name: format!("random {}", config.arch.as_str()),
+            config: config.clone(),
+            tokenizer,
+            weights,
+            vars: BTreeMap::new(),
+            decoder,
+            train_decoder: None,
+            dir: tokenizer_dir.to_path_buf(),
+            eos_ids: vec![],
+            device: device.clone(),
+            lora: None,
         })
     }
 
@@ -210,7 +275,9 @@ impl Model {
         for (name, var) in &self.vars {
             self.weights.insert(name.clone(), var.as_tensor().detach());
         }
-        self.decoder = Decoder::load(&weights::WeightSource::new(&self.weights, &self.dir), &self.config)?;
+        let scale = self.lora.as_ref().map(LoraConfig::scale);
+        let source = |w| weights::WeightSource::new(w, &self.dir).with_lora_scale(scale);
+        self.decoder = Decoder::load(&source(&self.weights), &self.config)?;
         self.train_decoder = if self.vars.is_empty() {
             None
         } else {
@@ -218,9 +285,117 @@ impl Model {
             for (name, var) in &self.vars {
                 live.insert(name.clone(), var.as_tensor().clone());
             }
-            Some(Decoder::load(&weights::WeightSource::new(&live, &self.dir), &self.config)?)
+            Some(Decoder::load(&source(&live), &self.config)?.for_training())
         };
         Ok(())
+    }
+
+    /// Adds LoRA adapters (f32; `A` Kaiming-uniform, `B` zero) to every module `cfg` targets and
+    /// returns their tensor names. The model computes exactly what it did until the adapters
+    /// train; the trainer then trains only them (see [`Model::trainable_names`]).
+    ///
+    /// ```
+    /// use secure_tuning::model::{LoraConfig, ModuleKind};
+    /// let mut model = secure_tuning::Model::load_dir("tests/fixtures/llama3")?;
+    /// let names = model.add_lora(&LoraConfig { kinds: vec![ModuleKind::Q], ..LoraConfig::new(4, 8.0) })?;
+    /// assert_eq!(names.len(), 2 * model.config().num_layers); // A and B per layer
+    /// assert_eq!(model.weights()[&names[0]].dims()[0], 4);
+    /// # Ok::<(), secure_tuning::Error>(())
+    /// ```
+    pub fn add_lora(&mut self, cfg: &LoraConfig) -> Result<Vec<String>> {
+        cfg.validate()?;
+        if self.lora.is_some() {
+            return Err(Error::invalid("LoRA", "this model already has adapters; merge them first (merge_lora)"));
+        }
+        let mut rng = crate::data::Rng::new(cfg.seed);
+        let mut names = Vec::new();
+        for m in cfg.modules(self.config.num_layers).iter() {
+            let (out_dim, in_dim) = self.weights[&m.weight_name()].dims2()?;
+            if cfg.rank > in_dim.min(out_dim) {
+                return Err(Error::invalid(
+                    "LoRA rank",
+                    format!("{} exceeds {}'s smaller side ({out_dim} x {in_dim})", cfg.rank, m.label()),
+                ));
+            }
+            // PEFT's default: kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)).
+            let bound = 1.0 / (in_dim as f64).sqrt();
+            let a: Vec<f32> = (0..cfg.rank * in_dim).map(|_| ((rng.unit() * 2.0 - 1.0) * bound) as f32).collect();
+            let (a_name, b_name) = lora_names(m);
+            self.weights.insert(a_name.clone(), Tensor::from_vec(a, (cfg.rank, in_dim), &self.device)?);
+            self.weights.insert(b_name.clone(), Tensor::zeros((out_dim, cfg.rank), DType::F32, &self.device)?);
+            names.extend([a_name, b_name]);
+        }
+        self.lora = Some(cfg.clone());
+        self.rebuild()?;
+        Ok(names)
+    }
+
+    /// The adapters' settings, if the model has LoRA adapters.
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref()
+    }
+
+    /// Folds every adapter into its weight (`W + scale * B @ A`, computed in f32) and removes
+    /// the adapters; the result is a plain model of the base's dtype.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        self.weights = self.merged_weights()?;
+        self.vars.retain(|name, _| !lora::is_adapter(name));
+        self.lora = None;
+        self.rebuild()
+    }
+
+    /// The weights with adapters folded in (the weights themselves when there are none).
+    fn merged_weights(&self) -> Result<Weights> {
+        let Some(cfg) = &self.lora else {
+            return Ok(self.weights.clone());
+        };
+        let mut out: Weights =
+            self.weights.iter().filter(|(n, _)| !lora::is_adapter(n)).map(|(n, t)| (n.clone(), t.clone())).collect();
+        for m in cfg.modules(self.config.num_layers).iter() {
+            let (a_name, b_name) = lora_names(m);
+            let (a, b) = (&self.weights[&a_name], &self.weights[&b_name]);
+            let w = &self.weights[&m.weight_name()];
+            let merged = (w.to_dtype(DType::F32)? + (b.matmul(a)? * cfg.scale())?)?.to_dtype(w.dtype())?;
+            out.insert(m.weight_name(), merged);
+        }
+        Ok(out)
+    }
+
+    /// The tensors that train for `modules`: their adapters when the model has LoRA adapters
+    /// (modules without one train nothing), else their weights and biases.
+    ///
+    /// ```
+    /// use secure_tuning::model::{LoraConfig, ModuleSet};
+    /// let mut model = secure_tuning::Model::load_dir("tests/fixtures/llama3")?;
+    /// let first = ModuleSet::layers(0..1);
+    /// assert_eq!(model.trainable_names(&first), model.param_names(&first));
+    /// model.add_lora(&LoraConfig::new(2, 4.0))?;
+    /// assert!(model.trainable_names(&first).iter().all(|n| n.contains(".lora_")));
+    /// # Ok::<(), secure_tuning::Error>(())
+    /// ```
+    pub fn trainable_names(&self, modules: &ModuleSet) -> Vec<String> {
+        match &self.lora {
+            None => self.param_names(modules),
+            Some(cfg) => {
+                let adapted = cfg.modules(self.config.num_layers);
+                modules
+                    .iter()
+                    .filter(|m| adapted.contains(m))
+                    .flat_map(|m| {
+                        let (a, b) = lora_names(m);
+                        [a, b]
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Every tensor that trains by default: all adapters with LoRA, else every parameter.
+    pub fn default_trainable(&self) -> Vec<String> {
+        match &self.lora {
+            Some(_) => self.weights.keys().filter(|n| lora::is_adapter(n)).cloned().collect(),
+            None => self.weights.keys().cloned().collect(),
+        }
     }
 
     /// Names of the parameter tensors of `modules` (weights, and biases where the config has them).
@@ -244,9 +419,9 @@ impl Model {
         &self.weights
     }
 
-    /// Total number of parameters.
+    /// Total number of parameters of the base model (adapters not counted).
     pub fn num_params(&self) -> usize {
-        self.weights.values().map(|t| t.elem_count()).sum()
+        self.weights.iter().filter(|(n, _)| !lora::is_adapter(n)).map(|(_, t)| t.elem_count()).sum()
     }
 
     /// Number of parameters (elements) of the modules in `set`.
@@ -275,7 +450,8 @@ impl Model {
                 weights::write_atomic(&dir.join(f), &bytes)?;
             }
         }
-        weights::save_safetensors(&self.weights, &dir.join("model.safetensors"))
+        // Adapters are merged on the way out, so the folder is a plain Hugging Face model.
+        weights::save_safetensors(&self.merged_weights()?, &dir.join("model.safetensors"))
     }
 
     /// The settled configuration.
@@ -298,9 +474,9 @@ impl Model {
         &self.device
     }
 
-    /// The weights' dtype.
+    /// The base weights' dtype.
     pub fn dtype(&self) -> DType {
-        self.weights.values().next().map(|t| t.dtype()).unwrap_or(DType::F32)
+        self.weights.get("model.embed_tokens.weight").map(|t| t.dtype()).unwrap_or(DType::F32)
     }
 
     /// Where the model was loaded from (folder or hub id).
@@ -345,8 +521,10 @@ impl Clone for Model {
                 (k.clone(), t)
             })
             .collect();
-        let decoder = Decoder::load(&weights::WeightSource::new(&weights, &self.dir), &self.config)
-            .expect("the same weights loaded before");
+        let scale = self.lora.as_ref().map(LoraConfig::scale);
+        let decoder =
+            Decoder::load(&weights::WeightSource::new(&weights, &self.dir).with_lora_scale(scale), &self.config)
+                .expect("the same weights loaded before");
         Model {
             config: self.config.clone(),
             tokenizer: self.tokenizer.clone(),
@@ -358,6 +536,7 @@ impl Clone for Model {
             name: self.name.clone(),
             eos_ids: self.eos_ids.clone(),
             device: self.device.clone(),
+            lora: self.lora.clone(),
         }
     }
 }

@@ -15,18 +15,36 @@ pub struct WeightSource<'a> {
     weights: &'a Weights,
     prefix: String,
     origin: &'a Path,
+    /// `alpha / r` when LoRA adapters (`lora_A`/`lora_B` beside a weight) are to be used.
+    lora_scale: Option<f64>,
 }
 
 impl<'a> WeightSource<'a> {
     /// A root view; `origin` (the model folder) is named in errors.
     pub fn new(weights: &'a Weights, origin: &'a Path) -> Self {
-        WeightSource { weights, prefix: String::new(), origin }
+        WeightSource { weights, prefix: String::new(), origin, lora_scale: None }
+    }
+
+    /// The same view, reading LoRA adapters (scaled by `scale`) where a module has them.
+    pub fn with_lora_scale(mut self, scale: Option<f64>) -> Self {
+        self.lora_scale = scale;
+        self
+    }
+
+    /// The LoRA scale, if adapters are to be read.
+    pub fn lora_scale(&self) -> Option<f64> {
+        self.lora_scale
+    }
+
+    /// The number of rows of tensor `name` under this prefix, if it exists.
+    pub fn rows(&self, name: &str) -> Option<usize> {
+        self.weights.get(&format!("{}.{name}", self.prefix)).and_then(|t| t.dims().first().copied())
     }
 
     /// The view one segment deeper.
     pub fn pp(&self, segment: &str) -> WeightSource<'a> {
         let prefix = if self.prefix.is_empty() { segment.to_string() } else { format!("{}.{segment}", self.prefix) };
-        WeightSource { weights: self.weights, prefix, origin: self.origin }
+        WeightSource { weights: self.weights, prefix, origin: self.origin, lora_scale: self.lora_scale }
     }
 
     /// The tensor `name` under this prefix, checked to have `shape`.

@@ -16,7 +16,7 @@
 use super::trainer::{encode_examples, train_observed, LrGroup, TrainConfig, TrainReport};
 use crate::data::{Record, Rng};
 use crate::error::{Error, Result};
-use crate::model::{Model, ModuleId, ModuleSet};
+use crate::model::{LoraConfig, Model, ModuleId, ModuleSet};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,6 +46,11 @@ pub struct MlLr {
     /// the rest's `ratio`.
     #[serde(default)]
     pub non_module_ratio: Option<f64>,
+    /// Train LoRA adapters instead of the weights: the base stays frozen, each adapter trains at
+    /// its module's scale, and the adapters are merged into the tuned model. `None` = full
+    /// fine-tuning.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
     /// Longest tokenised example.
     pub max_len: usize,
     /// Everything else: LR, schedule, batch, clipping, seed, checkpoints, budgets.
@@ -68,6 +73,7 @@ impl MlLr {
                 layer_factors: BTreeMap::new(),
                 swat_warmup: None,
                 non_module_ratio: None,
+                lora: None,
                 max_len: 256,
                 train: TrainConfig::default(),
             },
@@ -90,7 +96,7 @@ impl MlLr {
             let robust = self.robust.contains(m);
             let factor = self.layer_factors.get(&m.layer).copied().unwrap_or(1.0);
             let scale = if robust { factor } else { self.ratio * factor };
-            let names = model.param_names(&ModuleSet::from_iter([*m]));
+            let names = model.trainable_names(&ModuleSet::from_iter([*m]));
             assigned.extend(names.iter().cloned());
             let key = (robust, factor.to_bits());
             let name = match (robust, self.layer_factors.is_empty()) {
@@ -105,8 +111,12 @@ impl MlLr {
                 .params
                 .extend(names);
         }
-        let other: Vec<String> = model.weights().keys().filter(|n| !assigned.contains(*n)).cloned().collect();
-        let mut out: Vec<LrGroup> = groups.into_values().collect();
+        // With LoRA everything outside the adapters stays frozen.
+        let other: Vec<String> = match model.lora() {
+            Some(_) => vec![],
+            None => model.weights().keys().filter(|n| !assigned.contains(*n)).cloned().collect(),
+        };
+        let mut out: Vec<LrGroup> = groups.into_values().filter(|g| !g.params.is_empty()).collect();
         if !other.is_empty() {
             out.push(
                 LrGroup::new("non-module", other, self.non_module_ratio.unwrap_or(self.ratio)).starting_at(rest_start),
@@ -147,10 +157,16 @@ impl MlLr {
         observe: impl FnMut(&Model, &TrainReport) -> Result<()>,
     ) -> Result<Tuned> {
         let mut tuned = model.clone();
+        if let Some(lora) = &self.lora {
+            tuned.add_lora(lora)?;
+        }
         let examples = encode_examples(&tuned, data, self.max_len)?;
         let cfg = self.train_config(&tuned, examples.len())?;
         let report = train_observed(&mut tuned, &examples, &cfg, every, observe)?;
         tuned.freeze_all()?;
+        if tuned.lora().is_some() {
+            tuned.merge_lora()?;
+        }
         Ok(Tuned { model: tuned, report })
     }
 
@@ -169,6 +185,25 @@ impl MlLr {
 }
 
 impl MlLrBuilder {
+    /// Trains LoRA adapters of rank `rank` (update scaled by `alpha / rank`) on all seven
+    /// projection kinds instead of the weights; see [`MlLrBuilder::lora_config`] for other targets.
+    ///
+    /// ```
+    /// use secure_tuning::tune::MlLr;
+    /// let plan = MlLr::builder().lora(16, 32.0).build().unwrap();
+    /// assert_eq!(plan.lora.unwrap().rank, 16);
+    /// ```
+    pub fn lora(mut self, rank: usize, alpha: f64) -> Self {
+        self.plan.lora = Some(LoraConfig::new(rank, alpha));
+        self
+    }
+
+    /// Trains LoRA adapters as `cfg` says (rank, alpha, target kinds, seed).
+    pub fn lora_config(mut self, cfg: LoraConfig) -> Self {
+        self.plan.lora = Some(cfg);
+        self
+    }
+
     /// The robust set (e.g. a [`crate::search::ModsRobust`]'s `modules`).
     pub fn robust(mut self, set: impl Into<ModuleSet>) -> Self {
         self.plan.robust = set.into();
@@ -293,6 +328,9 @@ impl MlLrBuilder {
         }
         if let Some(w) = p.swat_warmup.filter(|w| !(0.0..1.0).contains(w)) {
             return bad("SWAT warm-up share", format!("{w} must be in [0, 1)"));
+        }
+        if let Some(lora) = &p.lora {
+            lora.validate()?;
         }
         if p.max_len < 2 {
             return bad("max_len", "must be at least 2 tokens".into());

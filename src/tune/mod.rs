@@ -4,6 +4,7 @@
 //! which parameters get which learning-rate scale.
 
 mod curve;
+mod fused_adamw;
 mod mllr;
 mod optim;
 mod schedule;
@@ -15,6 +16,6 @@ pub use optim::{AdamW, AdamWParams};
 pub use schedule::Schedule;
 pub(crate) use trainer::response_loss;
 pub use trainer::{
-    checkpoint, clip_global_norm, encode_examples, train, train_observed, Example, GroupTrace, LrGroup, TrainConfig,
-    TrainReport,
+    checkpoint, clip_global_norm, encode_examples, train, train_observed, Example, GroupTrace, LrGroup, StepOutcome,
+    TrainConfig, TrainReport, TrainStep,
 };

@@ -8,7 +8,7 @@ use super::schedule::Schedule;
 use crate::data::{Record, Rng};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Capture, LogitsMode, Message, Model};
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -264,30 +264,8 @@ pub fn train_observed(
     mut observe: impl FnMut(&Model, &TrainReport) -> Result<()>,
 ) -> Result<TrainReport> {
     validate(cfg, examples)?;
-    let groups = if cfg.groups.is_empty() {
-        vec![LrGroup::new("all", model.weights().keys().cloned().collect(), 1.0)]
-    } else {
-        cfg.groups.clone()
-    };
-    let mut scale: BTreeMap<String, f64> = BTreeMap::new();
-    let mut start_of: BTreeMap<String, usize> = BTreeMap::new();
-    let mut group_of: BTreeMap<String, usize> = BTreeMap::new();
-    for (gi, g) in groups.iter().enumerate() {
-        for p in &g.params {
-            if !model.weights().contains_key(p) {
-                return Err(Error::invalid("LR group", format!("`{}` names `{p}`, which is not a parameter", g.name)));
-            }
-            if scale.insert(p.clone(), g.lr_scale).is_some() {
-                return Err(Error::invalid("LR group", format!("`{p}` is in more than one group")));
-            }
-            start_of.insert(p.clone(), g.start_step);
-            group_of.insert(p.clone(), gi);
-        }
-    }
-    // Frozen (scale 0) parameters never become Vars, so they cannot change.
-    let trainable: Vec<String> = scale.iter().filter(|(_, &s)| s > 0.0).map(|(n, _)| n.clone()).collect();
-    let vars = model.make_trainable(&trainable)?;
-    let mut opt = AdamW::new(&vars, AdamWParams { weight_decay: cfg.weight_decay, ..Default::default() })?;
+    let mut stepper = TrainStep::new(model, cfg)?;
+    let groups = stepper.groups.clone();
 
     let total_steps = cfg.total_steps(examples.len());
     let schedule = Schedule {
@@ -322,7 +300,7 @@ pub fn train_observed(
     let trace_every = (total_steps / 100).max(1);
     if cfg.resume {
         if let Some(dir) = &cfg.checkpoint_dir {
-            if let Some(state) = checkpoint::restore(dir, model, &mut opt, &vars)? {
+            if let Some(state) = checkpoint::restore(dir, model, &mut stepper.opt, &stepper.vars)? {
                 if state.report.total_steps != total_steps {
                     return Err(Error::invalid(
                         "resume",
@@ -351,51 +329,27 @@ pub fn train_observed(
     while report.steps < total_steps {
         let step = report.steps;
         let lr = cfg.lr * schedule.factor(step);
-        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
-        let mut step_loss = 0f32;
-        for micro in 0..cfg.grad_accum {
-            let rows = order.batch(step * cfg.grad_accum + micro);
-            let batch: Vec<&Example> = rows.iter().map(|&i| &examples[i]).collect();
-            let (loss, n_tokens) = response_loss(model, &batch, true)?;
-            let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-            if !value.is_finite() {
-                let kept = match &last_ckpt {
-                    Some(p) => format!("last good checkpoint kept at `{}`", p.display()),
-                    None => "no checkpoint was written (set a checkpoint dir to keep one)".into(),
-                };
-                return Err(Error::NonFiniteLoss { loss: value, step: step + 1, lr, kept });
-            }
-            step_loss += value / cfg.grad_accum as f32;
-            report.tokens += n_tokens;
-            let g = (loss / cfg.grad_accum as f64)?.backward()?;
-            for (name, var) in &vars {
-                if let Some(gv) = g.get(var.as_tensor()) {
-                    let sum = match grads.remove(name) {
-                        Some(prev) => (prev + gv)?,
-                        None => gv.clone(),
-                    };
-                    grads.insert(name.clone(), sum);
-                }
-            }
-        }
-        if let Some(max_norm) = cfg.clip_norm {
-            clip_global_norm(&mut grads, max_norm)?;
-        }
-        // Groups that have not started yet get no update and keep their optimizer state clean.
-        grads.retain(|name, _| step >= start_of[name]);
+        let micro: Vec<Vec<&Example>> = (0..cfg.grad_accum)
+            .map(|k| order.batch(step * cfg.grad_accum + k).into_iter().map(|i| &examples[i]).collect())
+            .collect();
         let traced = step % trace_every == 0 || step + 1 == total_steps;
-        let norms = opt.step_traced(&grads, |name| lr * scale[name], traced)?;
-        if traced {
-            let mut sq = vec![0.0; groups.len()];
-            for (name, n) in &norms {
-                sq[group_of[name]] += n * n;
-            }
-            for (gi, (g, trace)) in groups.iter().zip(report.groups.iter_mut()).enumerate() {
+        let out = stepper.step(model, &micro, step, lr, traced)?;
+        if !out.loss.is_finite() {
+            let kept = match &last_ckpt {
+                Some(p) => format!("last good checkpoint kept at `{}`", p.display()),
+                None => "no checkpoint was written (set a checkpoint dir to keep one)".into(),
+            };
+            return Err(Error::NonFiniteLoss { loss: out.loss, step: step + 1, lr, kept });
+        }
+        report.tokens += out.tokens;
+        if let Some(norms) = out.group_update_norms {
+            for ((g, trace), norm) in groups.iter().zip(report.groups.iter_mut()).zip(norms) {
                 let active = step >= g.start_step;
                 trace.lrs.push((step + 1, if active { lr * g.lr_scale } else { 0.0 }));
-                trace.update_norms.push((step + 1, sq[gi].sqrt()));
+                trace.update_norms.push((step + 1, norm));
             }
         }
+        let step_loss = out.loss;
         report.steps += 1;
         report.losses.push((report.steps, step_loss));
         report.lrs.push((report.steps, lr));
@@ -407,7 +361,7 @@ pub fn train_observed(
         if let Some(dir) = &cfg.checkpoint_dir {
             if done || out_of_time || report.steps % cfg.checkpoint_every.max(1) == 0 {
                 let state = TrainerState { report: report.clone(), config: cfg.clone() };
-                last_ckpt = Some(checkpoint::save(dir, model, &opt, &state)?);
+                last_ckpt = Some(checkpoint::save(dir, model, &stepper.opt, &state)?);
             }
         }
         if let Some(every) = cfg.log_every_secs {
@@ -433,6 +387,130 @@ pub fn train_observed(
         }
     }
     Ok(report)
+}
+
+/// One optimizer step of a plan, outside the loop: the training loop calls it, and the
+/// benchmark times it. It owns the trainable `Var`s and the optimizer.
+pub struct TrainStep {
+    vars: Vec<(String, Var)>,
+    opt: AdamW,
+    groups: Vec<LrGroup>,
+    scale: BTreeMap<String, f64>,
+    start_of: BTreeMap<String, usize>,
+    group_of: BTreeMap<String, usize>,
+    clip_norm: Option<f64>,
+}
+
+/// What one [`TrainStep::step`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutcome {
+    /// Mean response-token loss over the micro-batches; when it is not finite, no update was applied.
+    pub loss: f32,
+    /// Response tokens trained on.
+    pub tokens: usize,
+    /// Per group (in plan order), the norm of this step's update, when traced.
+    pub group_update_norms: Option<Vec<f64>>,
+}
+
+impl TrainStep {
+    /// Makes the plan's parameters trainable (all of them, or all adapters with LoRA, when
+    /// `cfg.groups` is empty) and sets up the optimizer.
+    ///
+    /// ```
+    /// # use secure_tuning::{Model, data::Record, tune::{encode_examples, TrainConfig, TrainStep}};
+    /// let mut model = Model::load_dir("tests/fixtures/llama3")?;
+    /// let ex = encode_examples(&model, &[Record::new("Say hi", "hi")], 32)?;
+    /// let mut step = TrainStep::new(&mut model, &TrainConfig::default())?;
+    /// let out = step.step(&model, &[ex.iter().collect()], 0, 1e-3, false)?;
+    /// assert!(out.loss > 0.0 && out.tokens > 0);
+    /// # Ok::<(), secure_tuning::Error>(())
+    /// ```
+    pub fn new(model: &mut Model, cfg: &TrainConfig) -> Result<Self> {
+        let groups = if cfg.groups.is_empty() {
+            vec![LrGroup::new("all", model.default_trainable(), 1.0)]
+        } else {
+            cfg.groups.clone()
+        };
+        let mut scale: BTreeMap<String, f64> = BTreeMap::new();
+        let mut start_of: BTreeMap<String, usize> = BTreeMap::new();
+        let mut group_of: BTreeMap<String, usize> = BTreeMap::new();
+        for (gi, g) in groups.iter().enumerate() {
+            for p in &g.params {
+                if !model.weights().contains_key(p) {
+                    return Err(Error::invalid(
+                        "LR group",
+                        format!("`{}` names `{p}`, which is not a parameter", g.name),
+                    ));
+                }
+                if scale.insert(p.clone(), g.lr_scale).is_some() {
+                    return Err(Error::invalid("LR group", format!("`{p}` is in more than one group")));
+                }
+                start_of.insert(p.clone(), g.start_step);
+                group_of.insert(p.clone(), gi);
+            }
+        }
+        // Frozen (scale 0) parameters never become Vars, so they cannot change.
+        let trainable: Vec<String> = scale.iter().filter(|(_, &s)| s > 0.0).map(|(n, _)| n.clone()).collect();
+        let vars = model.make_trainable(&trainable)?;
+        let opt = AdamW::new(&vars, AdamWParams { weight_decay: cfg.weight_decay, ..Default::default() })?;
+        Ok(TrainStep { vars, opt, groups, scale, start_of, group_of, clip_norm: cfg.clip_norm })
+    }
+
+    /// The plan's groups (the single `all` group when the config named none).
+    pub fn groups(&self) -> &[LrGroup] {
+        &self.groups
+    }
+
+    /// Step `step` (0-based) at base learning rate `lr`: loss and gradients over the
+    /// micro-batches, global clipping, then AdamW. The loss is read back once, after the
+    /// backward passes are queued, and a non-finite loss stops before any weight changes.
+    pub fn step(
+        &mut self,
+        model: &Model,
+        micro_batches: &[Vec<&Example>],
+        step: usize,
+        lr: f64,
+        traced: bool,
+    ) -> Result<StepOutcome> {
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut losses = Vec::with_capacity(micro_batches.len());
+        let mut tokens = 0;
+        let share = 1.0 / micro_batches.len().max(1) as f64;
+        for batch in micro_batches {
+            let (loss, n_tokens) = response_loss(model, batch, true)?;
+            tokens += n_tokens;
+            let g = (&loss * share)?.backward()?;
+            losses.push(loss);
+            for (name, var) in &self.vars {
+                if let Some(gv) = g.get(var.as_tensor()) {
+                    let sum = match grads.remove(name) {
+                        Some(prev) => (prev + gv)?,
+                        None => gv.clone(),
+                    };
+                    grads.insert(name.clone(), sum);
+                }
+            }
+        }
+        let loss = (Tensor::stack(&losses, 0)?.to_dtype(DType::F32)?.sum_all()? * share)?.to_scalar::<f32>()?;
+        if !loss.is_finite() {
+            return Ok(StepOutcome { loss, tokens, group_update_norms: None });
+        }
+        if let Some(max_norm) = self.clip_norm {
+            clip_global_norm(&mut grads, max_norm)?;
+        }
+        // Groups that have not started yet get no update and keep their optimizer state clean.
+        grads.retain(|name, _| step >= self.start_of[name]);
+        let scale = &self.scale;
+        let norms = self.opt.step_traced(&grads, |name| lr * scale[name], traced)?;
+        let group_update_norms = traced.then(|| {
+            let mut sq = vec![0.0; self.groups.len()];
+            for (name, n) in &norms {
+                sq[self.group_of[name]] += n * n;
+            }
+            sq.into_iter().map(f64::sqrt).collect()
+        });
+        Ok(StepOutcome { loss, tokens, group_update_norms })
+    }
 }
 
 fn validate(cfg: &TrainConfig, examples: &[Example]) -> Result<()> {
@@ -491,18 +569,20 @@ pub(crate) fn response_loss(model: &Model, batch: &[&Example], grad: bool) -> Re
     Ok(((picked.sum_all()? / n as f64)?.neg()?, n))
 }
 
-/// Scales all gradients so their global L2 norm is at most `max_norm`; returns the norm.
-pub fn clip_global_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
-    let mut sq = 0f64;
-    for g in grads.values() {
-        sq += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-    }
-    let norm = sq.sqrt();
-    if norm > max_norm {
-        let s = max_norm / (norm + 1e-6);
-        for g in grads.values_mut() {
-            *g = (&*g * s)?;
-        }
+/// Scales all gradients so their global L2 norm is at most `max_norm`, on the gradients'
+/// device without reading anything back; returns the norm before clipping as a scalar tensor.
+pub fn clip_global_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<Tensor> {
+    let squares =
+        grads.values().map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()).collect::<candle_core::Result<Vec<_>>>()?;
+    let Some(first) = squares.first() else {
+        return Ok(Tensor::new(0f32, &candle_core::Device::Cpu)?);
+    };
+    let norm = Tensor::stack(&squares, 0)?.sum_all()?.sqrt()?;
+    // factor = min(1, max_norm / (norm + 1e-6)), as PyTorch's clip_grad_norm_.
+    let factor =
+        (norm.affine(1.0, 1e-6)?.recip()? * max_norm)?.minimum(&Tensor::ones((), DType::F32, first.device())?)?;
+    for g in grads.values_mut() {
+        *g = g.broadcast_mul(&factor.to_dtype(g.dtype())?)?;
     }
     Ok(norm)
 }
