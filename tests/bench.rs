@@ -1,0 +1,83 @@
+//! The benchmark harness and device selection: presets have their public models' sizes, every
+//! workload runs and reports consistent numbers, and the fused inference decoder computes what
+//! the training decoder computes.
+
+use candle_core::{DType, Device};
+use secure_tuning::bench::{run, BenchConfig, Preset, Workload};
+use secure_tuning::model::{parse_device, Batch, Capture, LogitsMode};
+use secure_tuning::Model;
+
+#[test]
+fn presets_have_the_published_parameter_counts() {
+    assert_eq!(Preset::Qwen25Half.config().unwrap().num_params(), 494_032_768);
+    assert_eq!(Preset::Llama32One.config().unwrap().num_params(), 1_235_814_400);
+    let default = Model::load("default").unwrap();
+    assert_eq!(Preset::Default.config().unwrap().num_params(), default.num_params());
+    assert!("gpt-2".parse::<Preset>().unwrap_err().to_string().contains("qwen2.5-0.5b"));
+}
+
+#[test]
+fn every_workload_runs_and_reports_consistent_numbers() {
+    let mut cfg = BenchConfig::for_device(Preset::Default, &Device::Cpu);
+    (cfg.batch, cfg.seq, cfg.warmup, cfg.iters, cfg.gen_tokens) = (2, 16, 0, 1, 8);
+    let report = run(&cfg).unwrap();
+    let names: Vec<&str> = report.rows.iter().map(|r| r.workload.as_str()).collect();
+    assert_eq!(names, Workload::ALL.map(|w| w.name()));
+    for r in &report.rows {
+        assert!(r.ms > 0.0 && r.ms.is_finite(), "{r:?}");
+        let tokens = if r.workload == "generate" { 8.0 } else { 32.0 };
+        assert!((r.tokens_per_s * r.ms / 1e3 - tokens).abs() < 1e-6, "{r:?}");
+    }
+    let full = &report.rows[1];
+    assert!(full.tflops.is_some() && full.mfu.is_none(), "no peak is stated on the CPU");
+    assert_eq!((report.device.as_str(), report.dtype.as_str()), ("cpu", "f32"));
+    assert!(report.to_string().contains("full-step"));
+}
+
+#[test]
+fn device_names_parse_or_say_what_is_wrong() {
+    assert!(parse_device("cpu").unwrap().is_cpu());
+    assert!(parse_device("auto").is_ok());
+    let e = parse_device("tpu:0").unwrap_err().to_string();
+    assert!(e.contains("expected auto, cpu, cuda or cuda:N"), "{e}");
+    #[cfg(not(feature = "cuda"))]
+    {
+        let e = parse_device("cuda:1").unwrap_err().to_string();
+        assert!(e.contains("--features cuda"), "{e}");
+    }
+}
+
+#[test]
+fn fused_inference_and_training_decoders_agree() {
+    // Mistral's fixture has a sliding window; a padded batch exercises every mask branch.
+    for fixture in ["mistral", "qwen2", "llama3"] {
+        let mut model = Model::load_dir(format!("tests/fixtures/{fixture}")).unwrap();
+        let seqs = vec![(1..40).collect::<Vec<u32>>(), (5..20).collect()];
+        let batch = Batch::from_sequences(&seqs, 0, &Device::Cpu).unwrap();
+        let capture = Capture::residual().with_logits(LogitsMode::All);
+        let fused = model.forward(&batch, &capture).unwrap();
+        let names: Vec<String> = model.weights().keys().cloned().collect();
+        model.make_trainable(&names).unwrap();
+        let composed = model.forward_train(&batch, &capture).unwrap();
+        let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+            (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        // Compare the real (unpadded) positions of the short row and all of the long one.
+        let (f, c) = (fused.logits().unwrap(), composed.logits().unwrap());
+        assert!(diff(&f.get(0).unwrap(), &c.get(0).unwrap()) < 1e-4, "{fixture}");
+        assert!(
+            diff(&f.get(1).unwrap().narrow(0, 0, 15).unwrap(), &c.get(1).unwrap().narrow(0, 0, 15).unwrap()) < 1e-4,
+            "{fixture}"
+        );
+        for (a, b) in fused.hidden_states().unwrap().iter().zip(composed.hidden_states().unwrap()) {
+            assert!(diff(&a.get(0).unwrap(), &b.get(0).unwrap()) < 1e-4, "{fixture} hidden states");
+        }
+    }
+}
