@@ -53,3 +53,27 @@ fn training_a_module_set_changes_only_its_tensors() {
         assert_eq!(moved, names.contains(name), "`{name}` moved={moved}");
     }
 }
+
+#[test]
+fn gradients_through_frozen_modules_equal_those_of_a_fully_trainable_model() {
+    // Frozen projections and the frozen LM head skip their own weight gradients; the gradient
+    // they pass back must be exactly what a trainable one passes.
+    for case in ["qwen2", "llama_bias_tied"] {
+        let dir = format!("{}/tests/fixtures/{case}", env!("CARGO_MANIFEST_DIR"));
+        let mut all = Model::load_dir(&dir).unwrap();
+        let mut first_only = Model::load_dir(&dir).unwrap();
+        let target = vec!["model.layers.0.self_attn.q_proj.weight".to_string()];
+        let names: Vec<String> = all.weights().keys().cloned().collect();
+        let all_vars = all.make_trainable(&names).unwrap();
+        let few_vars = first_only.make_trainable(&target).unwrap();
+        let ids = all.tokenizer().encode("The quick brown fox jumps over the lazy dog.", true).unwrap();
+        let g_all = next_token_loss(&all, &ids).backward().unwrap();
+        let g_few = next_token_loss(&first_only, &ids).backward().unwrap();
+        let var_all = &all_vars.iter().find(|(n, _)| n == &target[0]).unwrap().1;
+        let a = g_all.get(var_all.as_tensor()).unwrap();
+        let b = g_few.get(few_vars[0].1.as_tensor()).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-5 * scale.max(1.0), "{case}: {diff} vs gradient scale {scale}");
+    }
+}
