@@ -14,7 +14,7 @@ use secure_tuning::probe::{probe_all, ProbeData, ProbeReport};
 use secure_tuning::recipe::Recipe;
 use secure_tuning::robustness::{Measure, Mode, Robustness, RobustnessConfig};
 use secure_tuning::search::SearchConfig;
-use secure_tuning::tune::{encode_examples, safety_curve, train, CurvePoint, SafetyEvalSets, TrainConfig};
+use secure_tuning::tune::{encode_examples, safety_curve, train, CurvePoint, MlLr, SafetyEvalSets, TrainConfig};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -329,9 +329,47 @@ struct TuneArgs {
     /// Stop (and checkpoint) after this many seconds; run again to resume.
     #[arg(long)]
     time_budget: Option<f64>,
+    /// ML-LR: the robust module set, a `search --json` output (or any JSON with a `modules`
+    /// list of `{"layer", "kind"}` or `"L3.q"`); it trains at --lr, the rest at --ratio x.
+    #[arg(long)]
+    robust: Option<PathBuf>,
+    /// ML-LR: the rest's LR multiplier (default 0.1 with --robust; 1.0 without).
+    #[arg(long)]
+    ratio: Option<f64>,
+    /// SWAT: train only the robust set for this share of the steps, then everything.
+    #[arg(long)]
+    swat: Option<f64>,
+    /// Train LoRA adapters of this rank (alpha = 2 x rank) on all projections, merged on save.
+    #[arg(long)]
+    lora: Option<usize>,
     /// Print the training report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// The module set in a `search --json` output (or any JSON object with a `modules` list).
+fn read_module_set(path: &std::path::Path) -> Result<ModuleSet> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::malformed(path, format!("not JSON ({e})")))?;
+    let items = json
+        .get("modules")
+        .and_then(|m| m.as_array())
+        .ok_or_else(|| Error::malformed(path, "no `modules` list (expected `search --json` output)"))?;
+    items
+        .iter()
+        .map(|item| match item {
+            serde_json::Value::String(s) => s.parse::<ModuleId>(),
+            obj => {
+                let layer = obj.get("layer").and_then(|l| l.as_u64());
+                let kind = obj.get("kind").and_then(|k| k.as_str());
+                match (layer, kind) {
+                    (Some(l), Some(k)) => Ok(ModuleId::new(l as usize, k.parse::<ModuleKind>()?)),
+                    _ => Err(Error::malformed(path, format!("module entry {obj} needs `layer` and `kind`"))),
+                }
+            }
+        })
+        .collect()
 }
 
 #[derive(Args)]
@@ -577,7 +615,30 @@ fn tune(args: TuneArgs) -> Result<()> {
         log_every_secs: if args.json { None } else { Some(5.0) },
         ..TrainConfig::default()
     };
-    let report = train(&mut model, &examples, &cfg)?;
+    let report = if args.robust.is_some() || args.lora.is_some() || args.swat.is_some() {
+        // ML-LR / SWAT / LoRA: the same trainer with the plan's LR groups.
+        let robust = match &args.robust {
+            Some(path) => read_module_set(path)?,
+            None => ModuleSet::all(model.config().num_layers),
+        };
+        let default_ratio = if args.robust.is_some() { 0.1 } else { 1.0 };
+        let mut plan = MlLr::builder()
+            .train_config(cfg)
+            .robust(robust)
+            .ratio(args.ratio.unwrap_or(default_ratio))
+            .max_len(args.max_len);
+        if let Some(share) = args.swat {
+            plan = plan.swat(share);
+        }
+        if let Some(rank) = args.lora {
+            plan = plan.lora(rank, 2.0 * rank as f64);
+        }
+        let tuned = plan.build()?.fit(&model, &records)?;
+        model = tuned.model;
+        tuned.report
+    } else {
+        train(&mut model, &examples, &cfg)?
+    };
     model.save_dir(&args.out)?;
     if args.json {
         println!("{}", serde_json::to_string(&report).expect("report serialises"));

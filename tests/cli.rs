@@ -189,3 +189,40 @@ fn probe_with_one_file_or_one_class_fails_with_a_clear_line() {
     assert_eq!(code, 2);
     assert!(err.starts_with("error: ") && err.contains("at least 8 of each"), "{err}");
 }
+
+#[test]
+fn tune_with_a_robust_set_and_lora_trains_adapters_in_two_groups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write(
+        tmp.path(),
+        "d.jsonl",
+        &[r#"{"instruction": "Say hi", "output": "hi"}"#, r#"{"instruction": "Say bye", "output": "bye"}"#],
+    );
+    let robust = write(tmp.path(), "robust.json", &[r#"{"modules": [{"layer": 0, "kind": "q"}, "L1.down"]}"#]);
+    let out = tmp.path().join("tuned");
+    let base = ["tune", "--model", &fixture("llama3"), "--data", &data, "--out", out.to_str().unwrap()];
+    let mut args = base.to_vec();
+    args.extend(["--steps", "2", "--batch-size", "2", "--robust", &robust, "--lora", "2", "--json"]);
+    let (code, stdout, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let groups: Vec<(&str, f64)> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["name"].as_str().unwrap(), g["lr_scale"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(groups, [("rest", 0.1), ("robust", 1.0)]);
+    // A and B of two modules, of rank 2.
+    let robust_params = v["groups"][1]["num_params"].as_u64().unwrap();
+    assert!(robust_params > 0 && robust_params < 1000, "adapters only: {robust_params}");
+    let (code, _, err) = run(&["forward", "--model", out.to_str().unwrap(), "--text", "hi", "--json"]);
+    assert_eq!(code, 0, "the merged model loads: {err}");
+
+    let bad = write(tmp.path(), "bad.json", &[r#"{"modules": [{"layer": 0}]}"#]);
+    let mut args = base.to_vec();
+    args.extend(["--steps", "1", "--robust", &bad]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.json") && err.contains("`layer` and `kind`"), "{err}");
+}
