@@ -39,8 +39,12 @@ impl Default for LoadOptions {
 /// ```
 pub fn auto_device() -> Device {
     if let Ok(spec) = std::env::var("SECURE_TUNING_DEVICE") {
-        if let Ok(dev) = parse_device(&spec) {
-            return dev;
+        // `auto` means what it does without the variable (and must not recurse through parse_device).
+        if !spec.trim().eq_ignore_ascii_case("auto") {
+            match parse_device(&spec) {
+                Ok(dev) => return dev,
+                Err(e) => eprintln!("warning: SECURE_TUNING_DEVICE ignored: {e}"),
+            }
         }
     }
     if candle_core::utils::cuda_is_available() {
