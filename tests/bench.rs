@@ -2,10 +2,13 @@
 //! workload runs and reports consistent numbers, and the fused inference decoder computes what
 //! the training decoder computes.
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use secure_tuning::bench::{run, BenchConfig, Preset, Workload};
 use secure_tuning::model::{parse_device, Batch, Capture, LogitsMode};
 use secure_tuning::Model;
+
+mod common;
+use common::max_abs_diff;
 
 #[test]
 fn presets_have_the_published_parameter_counts() {
@@ -59,25 +62,16 @@ fn fused_inference_and_training_decoders_agree() {
         let names: Vec<String> = model.weights().keys().cloned().collect();
         model.make_trainable(&names).unwrap();
         let composed = model.forward_train(&batch, &capture).unwrap();
-        let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
-            (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
         // Compare the real (unpadded) positions of the short row and all of the long one.
         let (f, c) = (fused.logits().unwrap(), composed.logits().unwrap());
-        assert!(diff(&f.get(0).unwrap(), &c.get(0).unwrap()) < 1e-4, "{fixture}");
+        assert!(max_abs_diff(&f.get(0).unwrap(), &c.get(0).unwrap()) < 1e-4, "{fixture}");
         assert!(
-            diff(&f.get(1).unwrap().narrow(0, 0, 15).unwrap(), &c.get(1).unwrap().narrow(0, 0, 15).unwrap()) < 1e-4,
+            max_abs_diff(&f.get(1).unwrap().narrow(0, 0, 15).unwrap(), &c.get(1).unwrap().narrow(0, 0, 15).unwrap())
+                < 1e-4,
             "{fixture}"
         );
         for (a, b) in fused.hidden_states().unwrap().iter().zip(composed.hidden_states().unwrap()) {
-            assert!(diff(&a.get(0).unwrap(), &b.get(0).unwrap()) < 1e-4, "{fixture} hidden states");
+            assert!(max_abs_diff(&a.get(0).unwrap(), &b.get(0).unwrap()) < 1e-4, "{fixture} hidden states");
         }
     }
 }

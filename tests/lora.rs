@@ -8,23 +8,15 @@ use secure_tuning::model::{lora_names, Batch, Capture, LoraConfig, ModuleId, Mod
 use secure_tuning::tune::{encode_examples, train, MlLr, TrainConfig};
 use secure_tuning::Model;
 
+mod common;
+use common::max_abs_diff;
+
 fn fixture() -> Model {
     Model::load_dir("tests/fixtures/qwen2").unwrap()
 }
 
 fn records() -> Vec<Record> {
     (0..12).map(|i| Record::new(format!("What is {i} plus {i}?"), format!("{}", 2 * i))).collect()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn logits(model: &Model) -> Tensor {
@@ -37,7 +29,7 @@ fn fresh_adapters_leave_the_output_unchanged() {
     let base = fixture();
     let mut adapted = base.clone();
     adapted.add_lora(&LoraConfig::new(4, 8.0)).unwrap();
-    assert_eq!(max_diff(&logits(&base), &logits(&adapted)), 0.0);
+    assert_eq!(max_abs_diff(&logits(&base), &logits(&adapted)), 0.0);
 }
 
 #[test]
@@ -58,14 +50,14 @@ fn training_with_lora_changes_only_adapters_and_merging_is_base_plus_scaled_ba()
     assert!(report.recent_loss(1) < report.losses[0].1, "the adapters should learn: {:?}", report.losses);
     model.freeze_all().unwrap();
     for (name, before) in base.weights() {
-        assert_eq!(max_diff(before, &model.weights()[name]), 0.0, "{name} is a base weight and must not change");
+        assert_eq!(max_abs_diff(before, &model.weights()[name]), 0.0, "{name} is a base weight and must not change");
     }
     for name in &adapters {
         assert_eq!(model.weights()[name].dtype(), DType::F32, "adapters train in f32");
     }
     let changed_b = adapters.iter().filter(|n| n.contains("lora_B")).all(|n| {
         let b = &model.weights()[n];
-        max_diff(b, &b.zeros_like().unwrap()) > 0.0
+        max_abs_diff(b, &b.zeros_like().unwrap()) > 0.0
     });
     assert!(changed_b, "every B should have left zero");
 
@@ -79,18 +71,18 @@ fn training_with_lora_changes_only_adapters_and_merging_is_base_plus_scaled_ba()
         let expected = (base.weights()[&m.weight_name()].clone()
             + (model.weights()[&b].matmul(&model.weights()[&a]).unwrap() * cfg.scale()).unwrap())
         .unwrap();
-        assert!(max_diff(&merged.weights()[&m.weight_name()], &expected) < 1e-6, "{}", m.label());
+        assert!(max_abs_diff(&merged.weights()[&m.weight_name()], &expected) < 1e-6, "{}", m.label());
     }
     let untouched = ModuleId::new(0, ModuleKind::Up).weight_name();
-    assert_eq!(max_diff(&merged.weights()[&untouched], &base.weights()[&untouched]), 0.0);
-    assert!(max_diff(&before_merge, &logits(&merged)) < 1e-4, "merged model computes what the adapted one did");
+    assert_eq!(max_abs_diff(&merged.weights()[&untouched], &base.weights()[&untouched]), 0.0);
+    assert!(max_abs_diff(&before_merge, &logits(&merged)) < 1e-4, "merged model computes what the adapted one did");
 
     // Saving an adapted model writes the merged weights: a plain Hugging Face folder.
     let dir = tempfile::tempdir().unwrap();
     model.save_dir(dir.path()).unwrap();
     let reloaded = Model::load_dir(dir.path()).unwrap();
     assert!(reloaded.weights().keys().all(|n| !n.contains("lora_")));
-    assert!(max_diff(&before_merge, &logits(&reloaded)) < 1e-4);
+    assert!(max_abs_diff(&before_merge, &logits(&reloaded)) < 1e-4);
 }
 
 #[test]

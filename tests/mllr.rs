@@ -7,6 +7,9 @@ use secure_tuning::tune::{random_modules, MlLr};
 use secure_tuning::Model;
 use std::sync::OnceLock;
 
+mod common;
+use common::max_abs_diff;
+
 fn model() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
     M.get_or_init(|| Model::load("default").unwrap())
@@ -28,7 +31,7 @@ fn ratio_zero_leaves_the_rest_bitwise_unchanged() {
     let robust_names = model().param_names(&robust());
     for (name, before) in model().weights() {
         let after = &tuned.model.weights()[name];
-        let diff = (after - before).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = max_abs_diff(after, before);
         if robust_names.contains(name) {
             assert!(diff > 0.0, "{name} is robust and should have trained");
         } else {
@@ -89,8 +92,7 @@ fn a_tuned_model_saves_and_loads_back_identically() {
     let batch = Batch::single(&ids, tuned.model.device()).unwrap();
     let a = tuned.model.forward(&batch, &Capture::logits()).unwrap().logits.unwrap();
     let b = loaded.forward(&batch, &Capture::logits()).unwrap().logits.unwrap();
-    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    assert_eq!(diff, 0.0);
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
 }
 
 #[test]

@@ -1,6 +1,14 @@
-//! Helpers shared by the tests that read the pinned PyPI wheels (`.ci/fetch-packages.sh`).
+//! Helpers shared by the test crates: reading the pinned PyPI wheels (`.ci/fetch-packages.sh`)
+//! and comparing tensors. Each test crate uses a subset, hence the `dead_code` allowance.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
+/// The largest absolute element-wise difference of two tensors of one shape, in f32.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    let f32 = |t: &candle_core::Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
+    (f32(a) - f32(b)).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
 
 /// Says why a test is skipped, on stderr directly so that the test harness does not swallow it.
 pub fn skip(reason: &str) {
