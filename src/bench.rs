@@ -406,36 +406,27 @@ pub fn compare_with_torch(cfg: &BenchConfig, report: BenchReport, python: &str) 
     crate::model::write_atomic(&script, TORCH_SCRIPT.as_bytes())?;
     crate::model::write_atomic(&config, cfg.preset.config_json()?.as_bytes())?;
     let workloads: Vec<&str> = cfg.workloads.iter().map(|w| w.name()).collect();
-    let device = if report.device == "cpu" { "cpu".to_string() } else { report.device.clone() };
-    let args: Vec<String> = vec![
-        script.display().to_string(),
-        "--config".into(),
-        config.display().to_string(),
-        "--device".into(),
-        device,
-        "--dtype".into(),
-        report.dtype.clone(),
-        "--batch".into(),
-        cfg.batch.to_string(),
-        "--seq".into(),
-        cfg.seq.to_string(),
-        "--warmup".into(),
-        cfg.warmup.to_string(),
-        "--iters".into(),
-        cfg.iters.to_string(),
-        "--lora-rank".into(),
-        cfg.lora_rank.to_string(),
-        "--gen-prompt".into(),
-        cfg.gen_prompt.to_string(),
-        "--gen-tokens".into(),
-        cfg.gen_tokens.to_string(),
-        "--workloads".into(),
-        workloads.join(","),
+    let options: [(&str, String); 11] = [
+        ("--config", config.display().to_string()),
+        ("--device", report.device.clone()),
+        ("--dtype", report.dtype.clone()),
+        ("--batch", cfg.batch.to_string()),
+        ("--seq", cfg.seq.to_string()),
+        ("--warmup", cfg.warmup.to_string()),
+        ("--iters", cfg.iters.to_string()),
+        ("--lora-rank", cfg.lora_rank.to_string()),
+        ("--gen-prompt", cfg.gen_prompt.to_string()),
+        ("--gen-tokens", cfg.gen_tokens.to_string()),
+        ("--workloads", workloads.join(",")),
     ];
+    let mut args = vec![script.display().to_string()];
+    for (flag, value) in options {
+        args.extend([flag.to_string(), value]);
+    }
     let out = std::process::Command::new(python).args(&args).output().map_err(|e| {
         Error::invalid(
             "python",
-            format!("could not run `{python}` ({e}); pass --python with a Python that has torch and transformers"),
+            format!("could not run `{python}` ({e}); pass --torch with a Python that has torch and transformers"),
         )
     })?;
     let _ = std::fs::remove_dir_all(&dir);

@@ -43,9 +43,16 @@ struct FrozenMatmul {
 }
 
 impl FrozenMatmul {
-    fn dims(&self, layout: &candle_core::Layout) -> candle_core::Result<(usize, usize, usize)> {
+    /// `x @ w.t()` on one backend's storage; `x` is `(rows, k)`, `w` is `(n, k)`.
+    fn matmul_t<B: candle_core::backend::BackendStorage>(
+        x: &B,
+        layout: &candle_core::Layout,
+        w: &B,
+        w_layout: &candle_core::Layout,
+    ) -> candle_core::Result<(B, candle_core::Shape)> {
         let (rows, k) = layout.shape().dims2()?;
-        Ok((rows, self.weight.dim(0)?, k))
+        let (n, _) = w_layout.shape().dims2()?;
+        Ok((x.matmul(w, (1, rows, n, k), layout, &w_layout.transpose(0, 1)?)?, (rows, n).into()))
     }
 }
 
@@ -59,13 +66,11 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         x: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (rows, n, k) = self.dims(layout)?;
         let (w, w_layout) = self.weight.storage_and_layout();
         let candle_core::Storage::Cpu(w) = &*w else {
             candle_core::bail!("frozen-matmul: the weight is not on the CPU");
         };
-        Ok((x.matmul(w, (1, rows, n, k), layout, &w_layout.transpose(0, 1)?)?, (rows, n).into()))
+        Self::matmul_t(x, layout, w, w_layout)
     }
 
     #[cfg(feature = "cuda")]
@@ -74,13 +79,11 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         x: &candle_core::CudaStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (rows, n, k) = self.dims(layout)?;
         let (w, w_layout) = self.weight.storage_and_layout();
         let candle_core::Storage::Cuda(w) = &*w else {
             candle_core::bail!("frozen-matmul: the weight is not on the GPU");
         };
-        Ok((x.matmul(w, (1, rows, n, k), layout, &w_layout.transpose(0, 1)?)?, (rows, n).into()))
+        Self::matmul_t(x, layout, w, w_layout)
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {

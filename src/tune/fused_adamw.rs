@@ -64,6 +64,9 @@ impl InplaceOp2 for AdamWStep {
         let (start, end) =
             sl.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("state not contiguous".into()))?;
         let state = &mut state[start..end];
+        if state.len() != 3 * gl.shape().elem_count() {
+            candle_core::bail!("fused AdamW: the state must hold 3 rows of the gradient's size");
+        }
         match grad {
             CpuStorage::F32(g) => self.cpu_update(state, contiguous(g, gl, "gradient")?, |x| x),
             CpuStorage::BF16(g) => self.cpu_update(state, contiguous(g, gl, "gradient")?, |x| x.to_f32()),

@@ -126,19 +126,15 @@ impl AdamW {
 
     /// The moments and master weights as named tensors (`m.NAME`, `v.NAME`, `master.NAME`,
     /// `t.NAME`), copies for checkpoints.
-    pub fn state(&self) -> BTreeMap<String, Tensor> {
+    pub fn state(&self) -> Result<BTreeMap<String, Tensor>> {
         let mut out = BTreeMap::new();
         for (name, s) in &self.slots {
             for (i, key) in ["master", "m", "v"].iter().enumerate() {
-                if let Ok(t) = s.row(i).and_then(|r| Ok(r.copy()?)) {
-                    out.insert(format!("{key}.{name}"), t);
-                }
+                out.insert(format!("{key}.{name}"), s.row(i)?.copy()?);
             }
-            if let Ok(t) = Tensor::new(&[s.t as u32], s.state.device()) {
-                out.insert(format!("t.{name}"), t);
-            }
+            out.insert(format!("t.{name}"), Tensor::new(&[s.t as u32], s.state.device())?);
         }
-        out
+        Ok(out)
     }
 
     /// Restores moments (and master weights) saved by [`AdamW::state`] and the step count.

@@ -628,7 +628,7 @@ pub mod checkpoint {
         let tmp = dir.join(format!("{name}.tmp"));
         let _ = std::fs::remove_dir_all(&tmp);
         model.save_dir(&tmp)?;
-        crate::model::save_safetensors(&opt.state(), &tmp.join("optimizer.safetensors"))?;
+        crate::model::save_safetensors(&opt.state()?, &tmp.join("optimizer.safetensors"))?;
         let json = serde_json::to_vec_pretty(state).expect("state serialises");
         crate::model::write_atomic(&tmp.join("trainer_state.json"), &json)?;
         let _ = std::fs::remove_dir_all(&final_dir);

@@ -458,10 +458,15 @@ pub fn import_cache_dir(file: &Path) -> Result<PathBuf> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    let root = std::env::var_os("SECURE_TUNING_CACHE")
+    Ok(cache_root().join("gguf").join(format!("{stem}-{}-{mtime}", meta.len())))
+}
+
+/// `SECURE_TUNING_CACHE`, else `<system temp>/secure-tuning`: where imports and extracted
+/// package files are kept.
+fn cache_root() -> PathBuf {
+    std::env::var_os("SECURE_TUNING_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("secure-tuning"));
-    Ok(root.join("gguf").join(format!("{stem}-{}-{mtime}", meta.len())))
+        .unwrap_or_else(|| std::env::temp_dir().join("secure-tuning"))
 }
 
 impl Model {
@@ -503,13 +508,10 @@ impl Model {
         let gguf = match file.locate()? {
             crate::pypi::Found::File(path) => path,
             found => {
-                let root = std::env::var_os("SECURE_TUNING_CACHE")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| std::env::temp_dir().join("secure-tuning"));
-                let dest = root.join("wheels").join("SmolLM2-135M-Instruct.Q4_1.gguf");
+                let wheels = cache_root().join("wheels");
+                let dest = wheels.join("SmolLM2-135M-Instruct.Q4_1.gguf");
                 if !dest.exists() {
-                    std::fs::create_dir_all(root.join("wheels"))
-                        .map_err(|source| Error::Io { path: root.clone(), source })?;
+                    std::fs::create_dir_all(&wheels).map_err(|source| Error::Io { path: wheels.clone(), source })?;
                     found.extract_to(&dest)?;
                 }
                 dest
