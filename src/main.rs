@@ -12,7 +12,7 @@ use secure_tuning::eval::{evaluate, EvalConfig};
 use secure_tuning::prelude::*;
 use secure_tuning::probe::{probe_all, ProbeData, ProbeReport};
 use secure_tuning::recipe::Recipe;
-use secure_tuning::robustness::{Measure, Mode, Robustness, RobustnessConfig};
+use secure_tuning::robustness::{Measure, Mode, Normalize, Robustness, RobustnessConfig};
 use secure_tuning::search::SearchConfig;
 use secure_tuning::tune::{encode_examples, safety_curve, train, CurvePoint, MlLr, SafetyEvalSets, TrainConfig};
 use serde_json::json;
@@ -216,6 +216,10 @@ struct RobustnessArgs {
     /// What is read after the change: refusal-log-prob, feature-drift or probe-margin.
     #[arg(long, default_value = "refusal-log-prob")]
     measure: Measure,
+    /// What the damage is divided by: weight-change (per unit of relative change) or task-gain
+    /// (update mode: per unit of benign log-probability gained).
+    #[arg(long, default_value = "weight-change")]
+    normalize: Normalize,
     /// Seeds (comma-separated); scores are their mean and the seed agreement is reported.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     seeds: Vec<u64>,
@@ -239,6 +243,7 @@ impl RobustnessArgs {
         RobustnessConfig {
             mode: self.mode,
             measure: self.measure,
+            normalize: self.normalize,
             seeds: self.seeds.clone(),
             steps: self.steps.unwrap_or(d.steps),
             lr: self.lr.unwrap_or(d.lr),
@@ -1032,6 +1037,13 @@ fn bench(args: BenchArgs) -> Result<()> {
 }
 
 fn main() {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`secure-tuning datasets | head`)
+    // panics with "failed printing to stdout"; a command-line tool should just stop.
+    #[cfg(unix)]
+    // SAFETY: called once at start-up, before any thread exists; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Forward(a) => forward(a),

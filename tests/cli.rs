@@ -38,6 +38,22 @@ fn chat_prints_a_reply() {
 }
 
 #[test]
+fn output_into_a_closed_pipe_ends_without_a_panic() {
+    // `secure-tuning forward ... | head -c0`: the reader is gone before anything is printed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_secure-tuning"))
+        .args(["forward", "--model", &fixture("mistral"), "--text", "Hello fox", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "nothing to report when the reader left: {err}");
+}
+
+#[test]
 fn bad_inputs_give_one_line_and_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     let bad_cfg = tmp.path().join("bad");

@@ -265,7 +265,7 @@ pub fn train_observed(
 ) -> Result<TrainReport> {
     validate(cfg, examples)?;
     let mut stepper = TrainStep::new(model, cfg)?;
-    let groups = stepper.groups.clone();
+    let groups = stepper.groups().to_vec();
 
     let total_steps = cfg.total_steps(examples.len());
     let schedule = Schedule {
