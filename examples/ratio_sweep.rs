@@ -7,6 +7,8 @@
 //! ```
 //!
 //! `R:N` sets the rest's ratio to R and the non-module parameters' (embeddings, norms, LM head) to N.
+//! `--lr X` and `--steps N` (before the ratios) replace the run's base LR and length, to compare
+//! strategies at equal task accuracy rather than at equal steps.
 
 use secure_tuning::data::{load_records, split};
 use secure_tuning::eval::{evaluate, EvalConfig};
@@ -15,9 +17,24 @@ use secure_tuning::tune::MlLr;
 use secure_tuning::{Error, Model, Result};
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut lr = None;
+    let mut steps = None;
+    while args.len() > 2 && args[1].starts_with("--") {
+        let value = args.remove(2);
+        let flag = args.remove(1);
+        let bad = || Error::invalid(flag.as_str(), format!("`{value}` is not a number"));
+        match flag.as_str() {
+            "--lr" => lr = Some(value.parse::<f64>().map_err(|_| bad())?),
+            "--steps" => steps = Some(value.parse::<usize>().map_err(|_| bad())?),
+            _ => return Err(Error::invalid("arguments", format!("unknown flag {flag}; use --lr or --steps"))),
+        }
+    }
     let Some((path, ratios)) = args.split_first() else {
-        return Err(Error::invalid("arguments", "usage: ratio_sweep REPRODUCTION.json RATIO [RATIO ...]"));
+        return Err(Error::invalid(
+            "arguments",
+            "usage: ratio_sweep REPRODUCTION.json [--lr X] [--steps N] RATIO [RATIO ...]",
+        ));
     };
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
     let repro: Reproduction = serde_json::from_str(&text).map_err(|e| Error::malformed(path, e.to_string()))?;
@@ -40,8 +57,8 @@ fn main() -> Result<()> {
         let plan = builder
             .robust(repro.mods_robust.modules.clone())
             .ratio(ratio)
-            .lr(cfg.lr)
-            .steps(cfg.steps)
+            .lr(lr.unwrap_or(cfg.lr))
+            .steps(steps.unwrap_or(cfg.steps))
             .batch_size(cfg.batch_size)
             .log_every_secs(None)
             .build()?;

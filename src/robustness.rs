@@ -55,6 +55,40 @@ pub enum Measure {
     ProbeMargin,
 }
 
+/// What a group's damage is divided by, so that groups of different sizes and learning speeds
+/// can be ranked against each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalize {
+    /// The relative weight change `||dW|| / ||W||`: safety damage per unit of change (the default).
+    #[default]
+    WeightChange,
+    /// Update mode only: the gain in mean log-probability of benign responses, i.e. safety damage
+    /// per unit of task progress. A group that learns the task cheaply in safety ranks robust; one
+    /// that barely learns it ranks fragile, however little it damages.
+    TaskGain,
+}
+
+impl std::fmt::Display for Normalize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Normalize::WeightChange => "weight-change",
+            Normalize::TaskGain => "task-gain",
+        })
+    }
+}
+
+impl std::str::FromStr for Normalize {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "weight-change" => Ok(Normalize::WeightChange),
+            "task-gain" => Ok(Normalize::TaskGain),
+            _ => Err(Error::invalid("robustness normalisation", format!("`{s}`; use weight-change or task-gain"))),
+        }
+    }
+}
+
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -117,6 +151,9 @@ pub struct RobustnessConfig {
     pub mode: Mode,
     /// What is read after the change (Perturb and Update).
     pub measure: Measure,
+    /// What the damage is divided by.
+    #[serde(default)]
+    pub normalize: Normalize,
     /// One measurement per seed (noise, data order); scores are the mean.
     pub seeds: Vec<u64>,
     /// Module kinds to score (rows of the matrix).
@@ -146,6 +183,7 @@ impl Default for RobustnessConfig {
         RobustnessConfig {
             mode: Mode::Update,
             measure: Measure::RefusalLogProb,
+            normalize: Normalize::WeightChange,
             seeds: vec![0],
             kinds: ModuleKind::ALL.to_vec(),
             layers_per_group: None,
@@ -174,7 +212,10 @@ pub struct RawScore {
     pub damage: f64,
     /// `||dW|| / ||W||` over the group's parameters.
     pub rel_change: f64,
-    /// `damage / rel_change`.
+    /// Update mode: gain in mean log-probability per token of held-out benign responses (0 otherwise).
+    #[serde(default)]
+    pub task_gain: f64,
+    /// `damage / rel_change`, or `damage / task_gain` with [`Normalize::TaskGain`].
     pub sensitivity: f64,
 }
 
@@ -228,13 +269,19 @@ impl Robustness {
             for &(k, g) in &cells {
                 let kind = config.kinds[k];
                 let set = group_set(kind, layer_groups[g]);
-                let (damage, rel_change) = bench.change_and_read(&set, seed)?;
-                raw.push(RawScore { seed, kind, group: g, damage, rel_change, sensitivity: damage / rel_change });
+                let Change { damage, rel_change, task_gain } = bench.change_and_read(&set, seed)?;
+                let sensitivity = match config.normalize {
+                    Normalize::WeightChange => damage / rel_change,
+                    // A group that does not learn at all is as fragile as it gets for ML-LR.
+                    Normalize::TaskGain => damage.max(0.0) / task_gain.max(TASK_GAIN_FLOOR),
+                };
+                raw.push(RawScore { seed, kind, group: g, damage, rel_change, task_gain, sensitivity });
                 if let Some(every) = config.log_every_secs {
                     if last_log.elapsed().as_secs_f64() >= every || raw.len() == total {
                         last_log = Instant::now();
                         println!(
-                            "robustness {}/{} ({} {}) damage {damage:.3} rel change {rel_change:.4} {:.0}s",
+                            "robustness {}/{} ({} {}) damage {damage:.3} rel change {rel_change:.4} \
+                             task gain {task_gain:.3} {:.0}s",
                             raw.len(),
                             total,
                             kind,
@@ -336,6 +383,7 @@ impl Robustness {
     fn damage_name(&self) -> String {
         match self.config.mode {
             Mode::Adversarial => "probe crossing".to_string(),
+            _ if self.config.normalize == Normalize::TaskGain => format!("{} per task gain", self.config.measure),
             _ => self.config.measure.to_string(),
         }
     }
@@ -464,7 +512,24 @@ pub(crate) struct Bench<'a> {
     base_logit: f64,
     base_probe_acc: f64,
     benign: Vec<Example>,
+    /// Held-out benign examples whose log-probability gain is the task progress.
+    benign_heldout: Vec<Example>,
+    base_benign_logprob: f64,
 }
+
+/// What one change of a group did.
+pub(crate) struct Change {
+    pub(crate) damage: f64,
+    pub(crate) rel_change: f64,
+    pub(crate) task_gain: f64,
+}
+
+/// Task gains below this (nats per token) count as no progress: the division stays finite and
+/// such groups rank most fragile under [`Normalize::TaskGain`].
+const TASK_GAIN_FLOOR: f64 = 1e-3;
+
+/// Benign examples held out of the update mode's training for reading its task progress.
+const HELDOUT_BENIGN: usize = 64;
 
 impl<'a> Bench<'a> {
     pub(crate) fn new(
@@ -488,7 +553,25 @@ impl<'a> Bench<'a> {
             vec![]
         };
         let base_logprob = if refusals.is_empty() { 0.0 } else { mean_logprob(base, &refusals)? };
-        let benign = if config.mode == Mode::Update { encode_examples(base, benign, 256)? } else { vec![] };
+        let mut benign = if config.mode == Mode::Update { encode_examples(base, benign, 256)? } else { vec![] };
+        // The last examples are held out for the task-progress reading (they are never trained on).
+        let benign_heldout = if config.normalize == Normalize::TaskGain && benign.len() > 2 * HELDOUT_BENIGN {
+            benign.split_off(benign.len() - HELDOUT_BENIGN)
+        } else {
+            vec![]
+        };
+        if config.normalize == Normalize::TaskGain && benign_heldout.is_empty() {
+            return Err(Error::invalid(
+                "benign data",
+                format!(
+                    "task-gain normalisation holds out {HELDOUT_BENIGN} benign examples and trains on the rest; \
+                     give more than {} (got {})",
+                    2 * HELDOUT_BENIGN,
+                    benign.len()
+                ),
+            ));
+        }
+        let base_benign_logprob = if benign_heldout.is_empty() { 0.0 } else { mean_logprob(base, &benign_heldout)? };
         Ok(Bench {
             base,
             config: config.clone(),
@@ -500,11 +583,13 @@ impl<'a> Bench<'a> {
             base_logit,
             base_probe_acc,
             benign,
+            benign_heldout,
+            base_benign_logprob,
         })
     }
 
-    /// Changes `set` on a copy of the base model with `seed`; returns (damage, relative change).
-    pub(crate) fn change_and_read(&self, set: &ModuleSet, seed: u64) -> Result<(f64, f64)> {
+    /// Changes `set` on a copy of the base model with `seed` and reads what the change did.
+    pub(crate) fn change_and_read(&self, set: &ModuleSet, seed: u64) -> Result<Change> {
         let names = self.base.param_names(set);
         if names.is_empty() {
             return Err(Error::invalid("module group", format!("{set:?} has no parameters in this model")));
@@ -522,8 +607,8 @@ impl<'a> Bench<'a> {
                     new.push((name.clone(), (w.to_dtype(DType::F32)? + (noise * scale)?)?));
                 }
                 model.set_weights(new)?;
-                let rel = rel_change(self.base, &model, &names)?;
-                Ok((self.read(&model)?, rel))
+                let rel_change = rel_change(self.base, &model, &names)?;
+                Ok(Change { damage: self.read(&model)?, rel_change, task_gain: 0.0 })
             }
             Mode::Update => {
                 let mut model = self.base.clone();
@@ -539,8 +624,13 @@ impl<'a> Bench<'a> {
                     ..TrainConfig::default()
                 };
                 train(&mut model, &self.benign, &cfg)?;
-                let rel = rel_change(self.base, &model, &names)?;
-                Ok((self.read(&model)?, rel))
+                let rel_change = rel_change(self.base, &model, &names)?;
+                let task_gain = if self.benign_heldout.is_empty() {
+                    0.0
+                } else {
+                    mean_logprob(&model, &self.benign_heldout)? - self.base_benign_logprob
+                };
+                Ok(Change { damage: self.read(&model)?, rel_change, task_gain })
             }
             Mode::Adversarial => self.adversarial(&names),
         }
@@ -559,7 +649,7 @@ impl<'a> Bench<'a> {
 
     /// Gradient steps on `names` that lower the probe's logit on harmful prompts, until the
     /// probe's accuracy on them has dropped by `target_drop` (or the steps run out).
-    fn adversarial(&self, names: &[String]) -> Result<(f64, f64)> {
+    fn adversarial(&self, names: &[String]) -> Result<Change> {
         let mut model = self.base.clone();
         let vars = model.make_trainable(names)?;
         let mut opt = crate::tune::AdamW::new(&vars, crate::tune::AdamWParams::default())?;
@@ -597,8 +687,8 @@ impl<'a> Bench<'a> {
                 break;
             }
         }
-        let rel = rel_change(self.base, &model, names)?;
-        Ok(((drop / self.config.target_drop).min(1.0), rel))
+        let rel_change = rel_change(self.base, &model, names)?;
+        Ok(Change { damage: (drop / self.config.target_drop).min(1.0), rel_change, task_gain: 0.0 })
     }
 }
 
@@ -614,6 +704,12 @@ fn validate(config: &RobustnessConfig, benign: &[Record]) -> Result<()> {
     }
     if config.mode != Mode::Perturb && (config.steps == 0 || config.lr.is_nan() || config.lr <= 0.0) {
         return Err(Error::invalid("robustness steps", "need steps >= 1 and a positive lr"));
+    }
+    if config.normalize == Normalize::TaskGain && config.mode != Mode::Update {
+        return Err(Error::invalid(
+            "robustness normalisation",
+            format!("task-gain needs the update mode (only it trains on the task), not {}", config.mode),
+        ));
     }
     if config.mode == Mode::Perturb && (config.epsilon.is_nan() || config.epsilon <= 0.0) {
         return Err(Error::invalid("robustness epsilon", "the relative noise must be positive"));

@@ -163,7 +163,7 @@ impl Robustness {
         let joint = |set: &ModuleSet| -> Result<f64> {
             let mut sum = 0.0;
             for &seed in seeds {
-                sum += bench.change_and_read(set, seed ^ config.seed)?.0;
+                sum += bench.change_and_read(set, seed ^ config.seed)?.damage;
             }
             Ok(sum / seeds.len() as f64)
         };

@@ -4,7 +4,7 @@
 use secure_tuning::data::{load_records, split, Record};
 use secure_tuning::model::{ModuleId, ModuleKind, ModuleSet};
 use secure_tuning::probe::{drift, probe_all, ProbeData, ProbeReport};
-use secure_tuning::robustness::{Measure, Mode, Robustness, RobustnessConfig};
+use secure_tuning::robustness::{Measure, Mode, Normalize, Robustness, RobustnessConfig};
 use secure_tuning::search::{greedy, ModsRobust, SearchConfig};
 use secure_tuning::{Error, Model};
 use std::sync::OnceLock;
@@ -107,6 +107,32 @@ fn update_mode_is_deterministic_for_a_seed() {
     assert_eq!(a.scores.len(), 2);
     assert_eq!(a.scores[0].len(), 6);
     assert!(a.raw.iter().all(|r| r.rel_change > 0.0 && r.sensitivity.is_finite()));
+}
+
+#[test]
+fn task_gain_normalisation_divides_damage_by_benign_progress() {
+    let cfg = RobustnessConfig {
+        kinds: vec![ModuleKind::O, ModuleKind::Down],
+        steps: 3,
+        normalize: Normalize::TaskGain,
+        log_every_secs: None,
+        ..RobustnessConfig::default()
+    };
+    let r = Robustness::measure(model(), probe(), &benign(), &cfg).unwrap();
+    assert_eq!(r.raw.len(), 12);
+    for raw in &r.raw {
+        assert!(raw.task_gain > 0.01, "training a group on benign data helps held-out benign answers: {raw:?}");
+        let expected = raw.damage.max(0.0) / raw.task_gain.max(1e-3);
+        assert!((raw.sensitivity - expected).abs() <= 1e-12 * expected.abs().max(1.0), "{raw:?}");
+    }
+    assert!(r.heatmap().contains("per task gain"));
+
+    // Only the update mode trains on the task, and it needs data to hold out.
+    let perturb = RobustnessConfig { mode: Mode::Perturb, ..cfg.clone() };
+    let err = Robustness::measure(model(), probe(), &benign(), &perturb).unwrap_err().to_string();
+    assert!(err.contains("update mode"), "{err}");
+    let err = Robustness::measure(model(), probe(), &benign()[..100], &cfg).unwrap_err().to_string();
+    assert!(err.contains("more than 128"), "{err}");
 }
 
 fn perturb_matrix() -> &'static Robustness {
