@@ -12,6 +12,7 @@
 
 use secure_tuning::data::{load_records, split};
 use secure_tuning::eval::{evaluate, EvalConfig};
+use secure_tuning::recipe::benign_set_path;
 use secure_tuning::reproduce::{eval_sets, Reproduction};
 use secure_tuning::tune::MlLr;
 use secure_tuning::{Error, Model, Result};
@@ -41,8 +42,8 @@ fn main() -> Result<()> {
     let cfg = &repro.config;
     let model = Model::load("default")?;
     let dir = secure_tuning::recipe::default_data_dir();
-    let benign = split(&load_records(&dir.join("ift_general.jsonl"))?, "train");
-    let sets = eval_sets(&dir, cfg.eval_limit)?;
+    let benign = split(&load_records(&benign_set_path(&dir, &cfg.benign))?, "train");
+    let sets = eval_sets(&dir, &cfg.benign, cfg.eval_limit)?;
     let eval_cfg = EvalConfig { max_new_tokens: cfg.max_new_tokens, ..EvalConfig::default() };
     for r in ratios {
         let parse = |x: &str| x.parse::<f64>().map_err(|_| Error::invalid("ratio", format!("`{x}` is not a number")));

@@ -89,7 +89,9 @@ NOTEBOOKS = {
               "Fine-tuning an aligned chat model on harmless data makes it less safe (Du et al., *Towards Secure "
               "Tuning*, arXiv 2410.04524). This notebook runs the whole story on the project's own tiny chat model: "
               "it refuses harmful requests, a linear probe reads that decision from its hidden states, some modules "
-              "carry it more than others, and fine-tuning those others gently keeps more of the safety."),
+              "carry it more than others, and fine-tuning those others gently keeps more of the safety. Whether it keeps "
+              "the safety *and* the task skill is the open question this notebook ends on (on this model it mostly "
+              "learns less; see notebooks 05 and 06 and docs/reproduce.md)."),
         code(DEP),
         code(SETUP),
         md("**The base model.** It refuses harmful requests, answers their harmless twins, and does not yet know "
@@ -213,7 +215,7 @@ let random = random_modules(&model, robust.param_share, 1000);
 println!("a random set of the same share: {} modules", random.len());"""),
     ],
     "05-ml-lr-and-swat": [
-        intro("F6: ML-LR and SWAT keep safety while the tasks are learned",
+        intro("F6: do ML-LR and SWAT keep safety while the tasks are learned?",
               "Three strategies on the same data and steps: plain IFT, ML-LR (robust set at the full LR, the rest "
               "at 0.1x) and SWAT (the robust set alone for the first 30% of steps, then everything)."),
         code(DEP),
@@ -238,8 +240,11 @@ let tradeoff: Vec<Series> = curves.iter()
     .collect();
 emit(&line_chart("Safety-utility trade-off", "task accuracy", "harmful refusal rate", &tradeoff, Some((0.0, 1.0))), "chart")"""),
         code("""for c in &curves { let p = c.points.last().unwrap(); println!("{:<6} harmful refused {:.2}, harmless refused {:.2}, tasks {:.2}", c.label, p.harmful_refusal, p.harmless_refusal, p.task_accuracy); }"""),
-        md("**Reading.** A curve higher up at the same task accuracy keeps more safety for the same skill. "
-           "Notebook 06 adds the controls that decide whether the *choice* of modules matters."),
+        md("**Reading.** A curve higher up at the same task accuracy keeps more safety for the same skill. On the "
+           "default model ML-LR and SWAT keep most refusals but reach little task accuracy in the same steps, and "
+           "along the curves they sit where plain fine-tuning was early in training: the paper's claim (F6) needs "
+           "them to stay high at plain's final accuracy, which they do not here. Notebook 06 adds the controls that "
+           "decide whether the *choice* of modules matters, and docs/reproduce.md what we tried."),
     ],
     "06-controls-and-ablations": [
         intro("F7: controls and ablations",
@@ -267,9 +272,21 @@ let series = vec![
     Series { label: "task accuracy".into(), points: sweep.iter().map(|s| (s.0, s.2)).collect() },
 ];
 emit(&line_chart("ML-LR ratio sweep", "LR ratio of the rest", "rate", &series, Some((0.0, 1.0))), "chart")"""),
-        md("**LoRA:** `MlLr::builder().lora(16, 32.0)` trains f32 adapters instead of the weights, each at its "
-           "module's ML-LR scale, and merges them into the returned model; the comparison with full fine-tuning "
-           "is not in this notebook yet."),
+        md("**LoRA instead of full fine-tuning.** `MlLr::builder().lora(16, 32.0)` trains rank-16 f32 adapters on "
+           "every module instead of the weights, each adapter at its module's ML-LR scale, and merges them into the "
+           "returned model. Adapters learn more slowly than full weights, so both LoRA runs use 5x the LR."),
+        code("""let mut lora_rows = Vec::new();
+for (name, robust, ratio) in [("plain, LoRA", ModuleSet::new(), 1.0), ("ML-LR, LoRA", repro.mods_robust.modules.clone(), 0.1)] {
+    let plan = MlLr::builder().robust(robust).ratio(ratio).lora(16, 32.0).lr(5.0 * lr).steps(steps).log_every_secs(None).build()?;
+    let tuned = plan.fit(&model, &benign)?;
+    let e = evaluate(&tuned.model, &harmful, &harmless, &tasks, &eval_cfg)?;
+    println!("{name:<12} {e}");
+    lora_rows.push((name, e));
+}
+lora_rows.last().unwrap().1.clone()"""),
+        md("**Reading.** Compare each row with the full fine-tuning numbers above at the same ratio: if ML-LR keeps "
+           "refusals only where it also learns less of the task, it is training less, not training safely; the "
+           "trade-off chart of `reproduce` is the fair comparison. docs/reproduce.md discusses what we found."),
     ],
     "07-your-own-model": [
         intro("F8: the same analysis on your own model",

@@ -164,6 +164,10 @@ struct ReproduceArgs {
     /// Where the report goes (report.html, *.svg, summary.json).
     #[arg(long)]
     out: PathBuf,
+    /// The benign fine-tuning set: `general`, `expertise` or a JSONL file whose `eval` split holds
+    /// the held-out tasks.
+    #[arg(long, default_value = "general")]
+    data: String,
     /// Print summary.json to stdout.
     #[arg(long)]
     json: bool,
@@ -874,12 +878,7 @@ fn validate_refusal(args: ValidateRefusalArgs) -> Result<()> {
 
 /// `general` and `expertise` name the default model's benign sets; anything else is a file.
 fn benign_path(name: &str) -> PathBuf {
-    let data_dir = secure_tuning::recipe::default_data_dir();
-    match name {
-        "general" => data_dir.join("ift_general.jsonl"),
-        "expertise" => data_dir.join("ift_expertise.jsonl"),
-        file => PathBuf::from(file),
-    }
+    secure_tuning::recipe::benign_set_path(&secure_tuning::recipe::default_data_dir(), name)
 }
 
 /// The training records (all but the `eval` split) of a benign set.
@@ -983,6 +982,7 @@ fn reproduce(args: ReproduceArgs) -> Result<()> {
     use secure_tuning::reproduce::{reproduce, ReproduceConfig};
     let model = Model::load(&args.model)?;
     let cfg = if args.quick { ReproduceConfig::quick() } else { ReproduceConfig::default() };
+    let cfg = ReproduceConfig { benign: args.data.clone(), ..cfg };
     let r = reproduce(&model, &secure_tuning::recipe::default_data_dir(), &cfg)?;
     r.write(&args.out)?;
     if args.json {

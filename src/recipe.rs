@@ -321,6 +321,23 @@ pub fn default_model_dir() -> PathBuf {
     default_data_dir().join("models/default")
 }
 
+/// The file of a benign IFT set: `general` and `expertise` name the default model's sets in
+/// `data_dir`; anything else is a path.
+///
+/// ```
+/// use secure_tuning::recipe::{benign_set_path, default_data_dir};
+/// let dir = default_data_dir();
+/// assert_eq!(benign_set_path(&dir, "expertise"), dir.join("ift_expertise.jsonl"));
+/// assert_eq!(benign_set_path(&dir, "my.jsonl"), std::path::PathBuf::from("my.jsonl"));
+/// ```
+pub fn benign_set_path(data_dir: &Path, name: &str) -> PathBuf {
+    match name {
+        "general" => data_dir.join("ift_general.jsonl"),
+        "expertise" => data_dir.join("ift_expertise.jsonl"),
+        file => PathBuf::from(file),
+    }
+}
+
 /// Where the default datasets live: this crate's `data/` (its path at compile time), or, for a
 /// binary copied to another machine, `data/` in the working directory or under
 /// `SECURE_TUNING_HOME`.

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalConfig, EvalReport};
 use crate::model::{write_atomic, Model, ModuleSet};
 use crate::probe::{drift, probe_all, Drift, ProbeData, ProbeReport};
+use crate::recipe::benign_set_path;
 use crate::robustness::{Mode, Robustness, RobustnessConfig};
 use crate::search::{ModsRobust, SearchConfig};
 use crate::tune::{random_modules, CurvePoint, MlLr, SafetyEvalSets};
@@ -24,6 +25,10 @@ use std::time::Instant;
 /// Settings of [`reproduce`]; [`ReproduceConfig::quick`] is the CI-sized one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReproduceConfig {
+    /// The benign fine-tuning set: `general` or `expertise` (the default model's), or a JSONL path
+    /// ([`benign_set_path`]); its `train` split is trained on, its `eval` split measures the task.
+    #[serde(default = "general")]
+    pub benign: String,
     /// Full learning rate of every strategy.
     pub lr: f64,
     /// Fine-tuning steps per run.
@@ -55,6 +60,7 @@ pub struct ReproduceConfig {
 impl Default for ReproduceConfig {
     fn default() -> Self {
         ReproduceConfig {
+            benign: general(),
             lr: 2e-4,
             steps: 150,
             batch_size: 16,
@@ -70,6 +76,10 @@ impl Default for ReproduceConfig {
             search: SearchConfig { log_every_secs: Some(30.0), ..SearchConfig::default() },
         }
     }
+}
+
+fn general() -> String {
+    "general".to_string()
 }
 
 impl ReproduceConfig {
@@ -170,8 +180,8 @@ pub fn reproduce(model: &Model, data_dir: &Path, cfg: &ReproduceConfig) -> Resul
     let start = Instant::now();
     let log = |msg: String| println!("[reproduce {:>4.0}s] {msg}", start.elapsed().as_secs_f64());
     let harmful_all = load_records(&data_dir.join("harmful.jsonl"))?;
-    let benign = split(&load_records(&data_dir.join("ift_general.jsonl"))?, "train");
-    let sets = eval_sets(data_dir, cfg.eval_limit)?;
+    let benign = split(&load_records(&benign_set_path(data_dir, &cfg.benign))?, "train");
+    let sets = eval_sets(data_dir, &cfg.benign, cfg.eval_limit)?;
     let eval_cfg = EvalConfig { max_new_tokens: cfg.max_new_tokens, ..EvalConfig::default() };
 
     let base = evaluate(model, &sets.harmful, &sets.harmless, &sets.tasks, &eval_cfg)?;
@@ -294,15 +304,15 @@ pub fn reproduce(model: &Model, data_dir: &Path, cfg: &ReproduceConfig) -> Resul
 
 /// The held-out evaluation sets of the default model's data in `data_dir`: up to `limit`
 /// harmful requests, half as many harmless twins, and up to `limit` held-out tasks of the
-/// `general` benign set.
-pub fn eval_sets(data_dir: &Path, limit: usize) -> Result<SafetyEvalSets> {
-    let held_out = |file: &str, n: usize| -> Result<Vec<Record>> {
-        Ok(split(&load_records(&data_dir.join(file))?, "eval").into_iter().take(n).collect())
+/// benign set `benign` ([`benign_set_path`]).
+pub fn eval_sets(data_dir: &Path, benign: &str, limit: usize) -> Result<SafetyEvalSets> {
+    let held_out = |path: &Path, n: usize| -> Result<Vec<Record>> {
+        Ok(split(&load_records(path)?, "eval").into_iter().take(n).collect())
     };
     let sets = SafetyEvalSets {
-        harmful: held_out("harmful.jsonl", limit)?,
-        harmless: held_out("harmless.jsonl", (limit / 2).max(1))?,
-        tasks: held_out("ift_general.jsonl", limit)?,
+        harmful: held_out(&data_dir.join("harmful.jsonl"), limit)?,
+        harmless: held_out(&data_dir.join("harmless.jsonl"), (limit / 2).max(1))?,
+        tasks: held_out(&benign_set_path(data_dir, benign), limit)?,
     };
     if sets.harmful.is_empty() || sets.tasks.is_empty() {
         return Err(Error::invalid(
