@@ -69,72 +69,35 @@ pub enum Normalize {
     TaskGain,
 }
 
-impl std::fmt::Display for Normalize {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Normalize::WeightChange => "weight-change",
-            Normalize::TaskGain => "task-gain",
-        })
-    }
-}
-
-impl std::str::FromStr for Normalize {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "weight-change" => Ok(Normalize::WeightChange),
-            "task-gain" => Ok(Normalize::TaskGain),
-            _ => Err(Error::invalid("robustness normalisation", format!("`{s}`; use weight-change or task-gain"))),
+/// `Display` and `FromStr` from one table of names, so the CLI's spelling, the serde spelling
+/// and the error's list of choices cannot drift apart.
+macro_rules! named_choices {
+    ($ty:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self { $($ty::$variant => $name),+ })
+            }
         }
-    }
-}
 
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Perturb => "perturb",
-            Mode::Update => "update",
-            Mode::Adversarial => "adversarial",
-        })
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "perturb" => Ok(Mode::Perturb),
-            "update" => Ok(Mode::Update),
-            "adversarial" => Ok(Mode::Adversarial),
-            _ => Err(Error::invalid("robustness mode", format!("`{s}`; use perturb, update or adversarial"))),
+        impl std::str::FromStr for $ty {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err(Error::invalid($what, format!("`{s}`; use one of: {}", [$($name),+].join(", ")))),
+                }
+            }
         }
-    }
+    };
 }
 
-impl std::fmt::Display for Measure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Measure::RefusalLogProb => "refusal-log-prob",
-            Measure::FeatureDrift => "feature-drift",
-            Measure::ProbeMargin => "probe-margin",
-        })
-    }
-}
-
-impl std::str::FromStr for Measure {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "refusal-log-prob" => Ok(Measure::RefusalLogProb),
-            "feature-drift" => Ok(Measure::FeatureDrift),
-            "probe-margin" => Ok(Measure::ProbeMargin),
-            _ => Err(Error::invalid(
-                "robustness measure",
-                format!("`{s}`; use refusal-log-prob, feature-drift or probe-margin"),
-            )),
-        }
-    }
-}
+named_choices!(Mode, "robustness mode", { Perturb => "perturb", Update => "update", Adversarial => "adversarial" });
+named_choices!(Measure, "robustness measure", {
+    RefusalLogProb => "refusal-log-prob",
+    FeatureDrift => "feature-drift",
+    ProbeMargin => "probe-margin",
+});
+named_choices!(Normalize, "robustness normalisation", { WeightChange => "weight-change", TaskGain => "task-gain" });
 
 /// Settings of [`Robustness::measure`]. The defaults are ours (the paper's are not public):
 /// strong enough that the most fragile groups of the default model lose well over a nat of
@@ -784,4 +747,30 @@ fn mean(v: &[f32]) -> f64 {
 fn hash(names: &[String]) -> u64 {
     // FNV-1a: a stable per-group stream, so one seed gives every group its own noise.
     names.iter().flat_map(|n| n.bytes()).fold(0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fmt::{Debug, Display};
+    use std::str::FromStr;
+
+    fn round_trips<T>(choice: T)
+    where
+        T: Display + FromStr + Serialize + PartialEq + Debug,
+        T::Err: Debug,
+    {
+        let name = choice.to_string();
+        assert_eq!(name.parse::<T>().unwrap(), choice);
+        assert_eq!(serde_json::to_string(&choice).unwrap(), format!("\"{name}\""), "CLI and JSON spell it alike");
+    }
+
+    #[test]
+    fn choice_names_round_trip_match_the_json_spelling_and_are_listed_in_errors() {
+        [Mode::Perturb, Mode::Update, Mode::Adversarial].into_iter().for_each(round_trips);
+        [Measure::RefusalLogProb, Measure::FeatureDrift, Measure::ProbeMargin].into_iter().for_each(round_trips);
+        [Normalize::WeightChange, Normalize::TaskGain].into_iter().for_each(round_trips);
+        let err = "sideways".parse::<Mode>().unwrap_err().to_string();
+        assert!(err.contains("`sideways`") && err.contains("perturb, update, adversarial"), "{err}");
+    }
 }
