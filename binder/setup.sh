@@ -5,3 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NOTEBOOK_VENV=${NOTEBOOK_VENV:-$HOME/.venv-notebooks} tests/notebooks.sh
+# The run's shared build folder is not needed by a visitor's kernel (it starts its own, and the
+# evcxr cache in ~/.cache/evcxr serves its dependencies); leave it out of the image.
+rm -rf target/evcxr-notebooks

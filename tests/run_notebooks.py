@@ -1,8 +1,10 @@
 """Runs notebooks with the evcxr kernel and checks them: no error outputs, no panic or `Error:`
 text in any output (evcxr reports some failures as plain output without failing the cell),
-and at least one inline SVG chart per notebook. With --write, executed notebooks are saved."""
+and at least one inline SVG chart per notebook. With --write, executed notebooks are saved;
+each code cell's wall time is printed (the first one includes the `:dep` build)."""
 import sys
 import time
+from datetime import datetime
 
 import nbformat
 from nbclient import NotebookClient
@@ -42,9 +44,21 @@ def check(path, write):
     if charts == 0:
         problems.append("no inline SVG chart")
     seconds = time.time() - start
+    cell_seconds = [(i, elapsed(cell)) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
     if write and not problems:
         nbformat.write(nb, path)
-    return problems, seconds
+    return problems, seconds, cell_seconds
+
+
+def elapsed(cell):
+    """Seconds from the kernel starting the cell to its reply (nbclient records both)."""
+    timing = cell.get("metadata", {}).get("execution", {})
+    try:
+        start = datetime.fromisoformat(timing["iopub.execute_input"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(timing["shell.execute_reply"].replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return float("nan")
+    return (end - start).total_seconds()
 
 
 def main():
@@ -52,9 +66,10 @@ def main():
     paths = [p for p in sys.argv[1:] if not p.startswith("--")]
     failed = 0
     for path in paths:
-        problems, seconds = check(path, write)
+        problems, seconds, cell_seconds = check(path, write)
         status = "ok" if not problems else "FAILED"
         print(f"{path}: {status} in {seconds:.0f}s", flush=True)
+        print("  cells: " + ", ".join(f"{i}: {s:.0f}s" for i, s in cell_seconds), flush=True)
         for p in problems:
             print(f"  {p}", flush=True)
         failed += bool(problems)
