@@ -8,19 +8,30 @@
 //!
 //! `R:N` sets the rest's ratio to R and the non-module parameters' (embeddings, norms, LM head) to N.
 //! `--lr X` and `--steps N` (before the ratios) replace the run's base LR and length, to compare
-//! strategies at equal task accuracy rather than at equal steps.
+//! strategies at equal task accuracy rather than at equal steps. `--modules FILE` trains another
+//! robust set instead of the run's: the `mods_robust.json` that `secure-tuning search --out DIR` writes
+//! (for example with `--mode perturb` or a stricter `--tolerance`).
 
 use secure_tuning::data::{load_records, split};
 use secure_tuning::eval::{evaluate, EvalConfig};
 use secure_tuning::recipe::benign_set_path;
 use secure_tuning::reproduce::{eval_sets, Reproduction};
+use secure_tuning::search::ModsRobust;
 use secure_tuning::tune::MlLr;
 use secure_tuning::{Error, Model, Result};
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut lr = None;
     let mut steps = None;
+    let mut modules_path = None;
     while args.len() > 2 && args[1].starts_with("--") {
         let value = args.remove(2);
         let flag = args.remove(1);
@@ -28,17 +39,24 @@ fn main() -> Result<()> {
         match flag.as_str() {
             "--lr" => lr = Some(value.parse::<f64>().map_err(|_| bad())?),
             "--steps" => steps = Some(value.parse::<usize>().map_err(|_| bad())?),
-            _ => return Err(Error::invalid("arguments", format!("unknown flag {flag}; use --lr or --steps"))),
+            "--modules" => modules_path = Some(value),
+            _ => {
+                return Err(Error::invalid("arguments", format!("unknown flag {flag}; use --lr, --steps or --modules")))
+            }
         }
     }
     let Some((path, ratios)) = args.split_first() else {
         return Err(Error::invalid(
             "arguments",
-            "usage: ratio_sweep REPRODUCTION.json [--lr X] [--steps N] RATIO [RATIO ...]",
+            "usage: ratio_sweep REPRODUCTION.json [--lr X] [--steps N] [--modules mods_robust.json] RATIO [RATIO ...]",
         ));
     };
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
-    let repro: Reproduction = serde_json::from_str(&text).map_err(|e| Error::malformed(path, e.to_string()))?;
+    let repro: Reproduction = read_json(path)?;
+    let robust = match &modules_path {
+        Some(p) => read_json::<ModsRobust>(p)?.modules,
+        None => repro.mods_robust.modules.clone(),
+    };
+    println!("robust set: {} modules", robust.len());
     let cfg = &repro.config;
     let model = Model::load("default")?;
     let dir = secure_tuning::recipe::default_data_dir();
@@ -56,7 +74,7 @@ fn main() -> Result<()> {
             builder = builder.non_module_ratio(n);
         }
         let plan = builder
-            .robust(repro.mods_robust.modules.clone())
+            .robust(robust.clone())
             .ratio(ratio)
             .lr(lr.unwrap_or(cfg.lr))
             .steps(steps.unwrap_or(cfg.steps))
@@ -68,4 +86,9 @@ fn main() -> Result<()> {
         println!("ratio {r}: {e} ({:.0}s training)", tuned.report.seconds);
     }
     Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
+    serde_json::from_str(&text).map_err(|e| Error::malformed(path, e.to_string()))
 }

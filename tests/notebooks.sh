@@ -10,8 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EVCXR_VERSION=0.22.0
 if ! cargo install --list | grep -q "^evcxr_jupyter v$EVCXR_VERSION:"; then
-  # Unoptimised, the kernel builds in about 1.5 minutes instead of about 20 on 2 cores; it only
-  # drives cargo and rustc, which do the work (the notebooks' code is compiled at opt-level 2).
+  # Unoptimised, the kernel builds in about 1.5 minutes instead of about 20 on 2 cores. The
+  # notebooks' code is still compiled at opt-level 2; what runs slower is the kernel's own
+  # rust-analyzer (variable types), about 70 s more per notebook, 10 minutes for all of them.
+  # binder/setup.sh sets EVCXR_OPT_LEVEL=3, since there a visitor would wait for it.
   CARGO_PROFILE_RELEASE_OPT_LEVEL=${EVCXR_OPT_LEVEL:-0} cargo install --locked evcxr_jupyter --version "$EVCXR_VERSION"
 fi
 evcxr_jupyter --install >/dev/null
