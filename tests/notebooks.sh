@@ -17,6 +17,11 @@ if ! cargo install --list | grep -q "^evcxr_jupyter v$EVCXR_VERSION:"; then
   CARGO_PROFILE_RELEASE_OPT_LEVEL=${EVCXR_OPT_LEVEL:-0} cargo install --locked evcxr_jupyter --version "$EVCXR_VERSION"
 fi
 evcxr_jupyter --install >/dev/null
+# The kernel's rust-analyzer looks for the standard library's source (rustup's rust-src) when it
+# types the variables kept between cells; add it where rustup can (a failure is not fatal).
+if command -v rustup >/dev/null && ! rustup component list --installed 2>/dev/null | grep -q "^rust-src"; then
+  rustup component add rust-src || echo "notebooks.sh: could not add rust-src; continuing without it" >&2
+fi
 VENV=${NOTEBOOK_VENV:-.venv-notebooks}
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
