@@ -14,9 +14,9 @@
 
 use secure_tuning::data::{load_records, split};
 use secure_tuning::eval::{evaluate, EvalConfig};
+use secure_tuning::prelude::ModuleSet;
 use secure_tuning::recipe::benign_set_path;
 use secure_tuning::reproduce::{eval_sets, Reproduction};
-use secure_tuning::search::ModsRobust;
 use secure_tuning::tune::MlLr;
 use secure_tuning::{Error, Model, Result};
 
@@ -51,9 +51,10 @@ fn run() -> Result<()> {
             "usage: ratio_sweep REPRODUCTION.json [--lr X] [--steps N] [--modules mods_robust.json] RATIO [RATIO ...]",
         ));
     };
-    let repro: Reproduction = read_json(path)?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
+    let repro: Reproduction = serde_json::from_str(&text).map_err(|e| Error::malformed(path, e.to_string()))?;
     let robust = match &modules_path {
-        Some(p) => read_json::<ModsRobust>(p)?.modules,
+        Some(p) => ModuleSet::read_json(std::path::Path::new(p))?,
         None => repro.mods_robust.modules.clone(),
     };
     println!("robust set: {} modules", robust.len());
@@ -86,9 +87,4 @@ fn run() -> Result<()> {
         println!("ratio {r}: {e} ({:.0}s training)", tuned.report.seconds);
     }
     Ok(())
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
-    serde_json::from_str(&text).map_err(|e| Error::malformed(path, e.to_string()))
 }

@@ -356,31 +356,6 @@ struct TuneArgs {
     json: bool,
 }
 
-/// The module set in a `search --json` output (or any JSON object with a `modules` list).
-fn read_module_set(path: &std::path::Path) -> Result<ModuleSet> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::malformed(path, format!("not JSON ({e})")))?;
-    let items = json
-        .get("modules")
-        .and_then(|m| m.as_array())
-        .ok_or_else(|| Error::malformed(path, "no `modules` list (expected `search --json` output)"))?;
-    items
-        .iter()
-        .map(|item| match item {
-            serde_json::Value::String(s) => s.parse::<ModuleId>(),
-            obj => {
-                let layer = obj.get("layer").and_then(|l| l.as_u64());
-                let kind = obj.get("kind").and_then(|k| k.as_str());
-                match (layer, kind) {
-                    (Some(l), Some(k)) => Ok(ModuleId::new(l as usize, k.parse::<ModuleKind>()?)),
-                    _ => Err(Error::malformed(path, format!("module entry {obj} needs `layer` and `kind`"))),
-                }
-            }
-        })
-        .collect()
-}
-
 #[derive(Args)]
 struct CurveArgs {
     #[command(flatten)]
@@ -627,7 +602,7 @@ fn tune(args: TuneArgs) -> Result<()> {
     let report = if args.robust.is_some() || args.lora.is_some() || args.swat.is_some() {
         // ML-LR / SWAT / LoRA: the same trainer with the plan's LR groups.
         let robust = match &args.robust {
-            Some(path) => read_module_set(path)?,
+            Some(path) => ModuleSet::read_json(path)?,
             None => ModuleSet::all(model.config().num_layers),
         };
         let default_ratio = if args.robust.is_some() { 0.1 } else { 1.0 };

@@ -28,8 +28,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q nbclient==0.10.2 nbformat==5.10.4 ipykernel jupyter_client
 fi
 # The kernels of one run share one build folder. The notebooks run one after another, so each
-# reuses what the one before compiled (among it the secure-tuning crate, which evcxr's `:cache`
-# does not keep) instead of building it again in a fresh temporary folder.
+# reuses what the one before compiled instead of building it again in a fresh temporary folder
+# (measured: a later notebook's first two cells 8 s each instead of 1-2 minutes).
 export EVCXR_TMPDIR=${EVCXR_TMPDIR:-$PWD/target/evcxr-notebooks}
 mkdir -p "$EVCXR_TMPDIR"
 if [ "${1:-}" = "--full" ]; then

@@ -202,6 +202,40 @@ impl<'de> Deserialize<'de> for ModuleId {
 pub struct ModuleSet(BTreeSet<ModuleId>);
 
 impl ModuleSet {
+    /// The `modules` list of a JSON file: the `mods_robust.json` that `search --out` writes, a
+    /// `search --json` output, or any object whose `modules` holds `"L3.q"` strings or
+    /// `{"layer", "kind"}` objects.
+    ///
+    /// ```
+    /// # use secure_tuning::prelude::ModuleSet;
+    /// let path = std::env::temp_dir().join("secure-tuning-doc-modules.json");
+    /// std::fs::write(&path, r#"{"modules": ["L1.q", {"layer": 2, "kind": "down"}]}"#).unwrap();
+    /// assert_eq!(ModuleSet::read_json(&path).unwrap().len(), 2);
+    /// ```
+    pub fn read_json(path: &std::path::Path) -> Result<ModuleSet> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::malformed(path, format!("not JSON ({e})")))?;
+        let items = json
+            .get("modules")
+            .and_then(|m| m.as_array())
+            .ok_or_else(|| Error::malformed(path, "no `modules` list (expected `search --json` output)"))?;
+        items
+            .iter()
+            .map(|item| match item {
+                serde_json::Value::String(s) => s.parse::<ModuleId>(),
+                obj => {
+                    let layer = obj.get("layer").and_then(|l| l.as_u64());
+                    let kind = obj.get("kind").and_then(|k| k.as_str());
+                    match (layer, kind) {
+                        (Some(l), Some(k)) => Ok(ModuleId::new(l as usize, k.parse::<ModuleKind>()?)),
+                        _ => Err(Error::malformed(path, format!("module entry {obj} needs `layer` and `kind`"))),
+                    }
+                }
+            })
+            .collect()
+    }
+
     /// The empty set.
     pub fn new() -> Self {
         Self::default()
