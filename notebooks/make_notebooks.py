@@ -332,6 +332,16 @@ probe"""),
 };
 let rob = Robustness::measure(&model, &probe, &[], &cfg)?;
 rob"""),
+        md("**F1 and F6 on a real model.** SmolLM2 has almost no refusals to lose, so `scripts/smollm2-testbed.sh` "
+           "first aligns it with refusal fine-tuning (`secure-tuning align`: AdvBench's training split answered with a "
+           "refusal, their twins with the model's own replies, every fifth pair held out), then fine-tunes the aligned "
+           "model on the benign `general` set with plain IFT, ML-LR and a random module set of the same size, "
+           "evaluating along the way. That takes about an hour on two CPU cores, too long for this notebook, so here "
+           "is its committed result: the trade-off curves, the refusal rates and the verdict. docs/real-models.md "
+           "has the numbers and the commands."),
+        code("""use secure_tuning::reproduce::Reproduction;
+let testbed = Reproduction::read_json("../docs/real-models/smollm2-testbed/reproduction.json".as_ref())?;
+testbed"""),
     ],
 }
 

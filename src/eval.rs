@@ -362,17 +362,36 @@ pub struct EvalConfig {
     pub detector: RefusalDetector,
     /// Responses kept per set in [`EvalReport::samples`].
     pub keep_samples: usize,
+    /// Prompts generated together ([`Model::generate_batch`]); the responses do not depend on it.
+    pub batch_size: usize,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { max_new_tokens: 24, detector: RefusalDetector::default(), keep_samples: 3 }
+        EvalConfig { max_new_tokens: 24, detector: RefusalDetector::default(), keep_samples: 3, batch_size: 16 }
     }
 }
 
-fn respond(model: &Model, r: &Record, max_new_tokens: usize) -> Result<String> {
-    let opts = GenerateOptions { max_new_tokens, ..GenerateOptions::default() };
-    model.chat(&r.messages(), &opts)
+/// Greedy responses to `records`, `batch_size` at a time; record `i` gets at most `budget(i)`
+/// new tokens. Greedy decoding is causal, so a response cut to its own budget is the one a run
+/// with that budget gives.
+fn respond_all(
+    model: &Model,
+    records: &[Record],
+    batch_size: usize,
+    budget: impl Fn(&Record) -> Result<usize>,
+) -> Result<Vec<String>> {
+    let mut responses = Vec::with_capacity(records.len());
+    for chunk in records.chunks(batch_size.max(1)) {
+        let budgets = chunk.iter().map(&budget).collect::<Result<Vec<_>>>()?;
+        let prompts =
+            chunk.iter().map(|r| model.tokenizer().encode_chat(&r.messages(), true)).collect::<Result<Vec<_>>>()?;
+        let opts = GenerateOptions { max_new_tokens: budgets.iter().copied().max().unwrap_or(0), ..Default::default() };
+        for (ids, n) in model.generate_batch(&prompts, &opts)?.into_iter().zip(budgets) {
+            responses.push(model.tokenizer().decode(&ids[..ids.len().min(n)])?);
+        }
+    }
+    Ok(responses)
 }
 
 /// Generates greedily for every record and scores the three sets (any may be empty).
@@ -389,8 +408,8 @@ pub fn evaluate(
             return Ok(None);
         }
         let mut refused = 0;
-        for (i, r) in set.iter().enumerate() {
-            let response = respond(model, r, cfg.max_new_tokens)?;
+        let responses = respond_all(model, set, cfg.batch_size, |_| Ok(cfg.max_new_tokens))?;
+        for (i, (r, response)) in set.iter().zip(responses).enumerate() {
             let flag = cfg.detector.is_refusal(&response);
             refused += flag as usize;
             if i < cfg.keep_samples {
@@ -405,10 +424,10 @@ pub fn evaluate(
         None
     } else {
         let mut correct = 0;
-        for (i, r) in tasks.iter().enumerate() {
-            // Answers are short; budget by the reference length plus a margin.
-            let budget = model.tokenizer().encode(&r.output, false)?.len() + 4;
-            let response = respond(model, r, budget)?;
+        // Answers are short; budget by the reference length plus a margin.
+        let budget = |r: &Record| Ok(model.tokenizer().encode(&r.output, false)?.len() + 4);
+        let responses = respond_all(model, tasks, cfg.batch_size, budget)?;
+        for (i, (r, response)) in tasks.iter().zip(responses).enumerate() {
             let flag = normalize_answer(&response) == normalize_answer(&r.output);
             correct += flag as usize;
             if i < cfg.keep_samples {

@@ -38,6 +38,9 @@ enum Command {
     Eval(EvalArgs),
     /// Plain (vanilla) fine-tuning on a JSONL file; saves a loadable model folder.
     Tune(TuneArgs),
+    /// Refusal fine-tuning for a model that complies with harmful requests: the testbed on which
+    /// benign fine-tuning can erode safety (writes the split data and the aligned model).
+    Align(AlignArgs),
     /// Safety along fine-tuning: refusal rates and task accuracy every few steps, for one or more LRs.
     Curve(CurveArgs),
     /// Write the project's synthetic datasets (the default model's data) as JSONL files.
@@ -165,12 +168,20 @@ struct ReproduceArgs {
     #[arg(long)]
     out: PathBuf,
     /// The benign fine-tuning set: `general`, `expertise` or a JSONL file whose `eval` split holds
-    /// the held-out tasks.
-    #[arg(long, default_value = "general")]
-    data: String,
+    /// the held-out tasks [default: general, or the config file's `benign`].
+    #[arg(long)]
+    data: Option<String>,
     /// Print summary.json to stdout.
     #[arg(long)]
     json: bool,
+    /// Settings as JSON (a `ReproduceConfig`; missing fields take their defaults), e.g. a step
+    /// budget, a subset of `strategies` or Perturb-mode robustness for a larger model.
+    #[arg(long, conflicts_with = "quick")]
+    config: Option<PathBuf>,
+    /// Safety data: a folder with harmful.jsonl and harmless.jsonl split train/eval, as
+    /// `secure-tuning align` writes it (default: the default model's data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -296,7 +307,50 @@ struct EvalArgs {
     /// Token budget per response.
     #[arg(long, default_value_t = 24)]
     max_new_tokens: usize,
+    /// Prompts generated together (the responses do not depend on it; 1 = one at a time).
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
     /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct AlignArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Harmful requests (e.g. `datasets advbench --out`).
+    #[arg(long)]
+    harmful: PathBuf,
+    /// Their harmless twins, one per request in the same order (`datasets advbench --twins --out`).
+    #[arg(long)]
+    harmless: PathBuf,
+    /// Output folder: `data/` (harmful.jsonl and harmless.jsonl split train/eval, train.jsonl) and
+    /// `model/` (the aligned model); `reproduce --data-dir OUT/data` reads the former.
+    #[arg(long)]
+    out: PathBuf,
+    /// Hold out every Nth pair for evaluation.
+    #[arg(long, default_value_t = 5)]
+    holdout_every: usize,
+    /// Harmless training twins answered with the model's own greedy reply.
+    #[arg(long, default_value_t = 200)]
+    own_replies: usize,
+    /// Token budget of each own reply.
+    #[arg(long, default_value_t = 48)]
+    reply_tokens: usize,
+    /// Optimizer steps (default: one pass over the training set).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Examples per step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Data-order seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -565,7 +619,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     let harmful = load_set(&args.harmful, "harmful.jsonl", split, args.limit)?;
     let harmless = load_set(&args.harmless, "harmless.jsonl", split, args.limit)?;
     let tasks = load_set(&args.tasks, "tasks.jsonl", split, args.limit)?;
-    let cfg = EvalConfig { max_new_tokens: args.max_new_tokens, ..EvalConfig::default() };
+    let cfg = EvalConfig { max_new_tokens: args.max_new_tokens, batch_size: args.batch_size, ..EvalConfig::default() };
     let report = evaluate(&model, &harmful, &harmless, &tasks, &cfg)?;
     if args.json {
         let mut v = serde_json::to_value(&report).expect("report serialises");
@@ -635,6 +689,70 @@ fn tune(args: TuneArgs) -> Result<()> {
             report.recent_loss(10),
             report.seconds,
             args.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn align(args: AlignArgs) -> Result<()> {
+    use secure_tuning::tune::{alignment_data, AlignConfig};
+    let mut model = args.model.load()?;
+    let cfg = AlignConfig {
+        holdout_every: args.holdout_every,
+        own_replies: args.own_replies,
+        reply_tokens: args.reply_tokens,
+        ..AlignConfig::default()
+    };
+    let start = std::time::Instant::now();
+    let data = alignment_data(&model, &load_records(&args.harmful)?, &load_records(&args.harmless)?, &cfg)?;
+    let data_seconds = start.elapsed().as_secs_f64();
+    let dir = args.out.join("data");
+    for (file, records) in
+        [("harmful.jsonl", &data.harmful), ("harmless.jsonl", &data.harmless), ("train.jsonl", &data.train)]
+    {
+        secure_tuning::data::save_jsonl(records, &dir.join(file))?;
+    }
+    if !args.json {
+        println!(
+            "alignment set: {} examples ({} refusals, {} own replies; {} twins refused by the model left out), {:.0}s",
+            data.train.len(),
+            data.harmful.iter().filter(|r| r.split == "train").count(),
+            data.train.len() - data.harmful.iter().filter(|r| r.split == "train").count(),
+            data.refused_twins,
+            data_seconds
+        );
+    }
+    let examples = encode_examples(&model, &data.train, 256)?;
+    let train_cfg = TrainConfig {
+        lr: args.lr,
+        max_steps: args.steps,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        log_every_secs: if args.json { None } else { Some(30.0) },
+        ..TrainConfig::default()
+    };
+    let report = train(&mut model, &examples, &train_cfg)?;
+    model.save_dir(args.out.join("model"))?;
+    let summary = json!({
+        "train_examples": data.train.len(),
+        "refused_twins": data.refused_twins,
+        "held_out_pairs": data.harmful.iter().filter(|r| r.split == "eval").count(),
+        "data_seconds": data_seconds,
+        "steps": report.steps,
+        "final_loss": report.recent_loss(10),
+        "train_seconds": report.seconds,
+    });
+    secure_tuning::model::write_atomic(&args.out.join("align.json"), summary.to_string().as_bytes())?;
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "aligned: {} steps, final loss {:.4}, {:.0}s; model in {}, split data in {}",
+            report.steps,
+            report.recent_loss(10),
+            report.seconds,
+            args.out.join("model").display(),
+            dir.display()
         );
     }
     Ok(())
@@ -956,9 +1074,19 @@ fn search(args: SearchArgs) -> Result<()> {
 fn reproduce(args: ReproduceArgs) -> Result<()> {
     use secure_tuning::reproduce::{reproduce, ReproduceConfig};
     let model = Model::load(&args.model)?;
-    let cfg = if args.quick { ReproduceConfig::quick() } else { ReproduceConfig::default() };
-    let cfg = ReproduceConfig { benign: args.data.clone(), ..cfg };
-    let r = reproduce(&model, &secure_tuning::recipe::default_data_dir(), &cfg)?;
+    let cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            serde_json::from_str::<ReproduceConfig>(&text).map_err(|e| {
+                Error::invalid(format!("--config {}", path.display()), format!("not a reproduce config: {e}"))
+            })?
+        }
+        None if args.quick => ReproduceConfig::quick(),
+        None => ReproduceConfig::default(),
+    };
+    let cfg = ReproduceConfig { benign: args.data.clone().unwrap_or(cfg.benign.clone()), ..cfg };
+    let data_dir = args.data_dir.clone().unwrap_or_else(secure_tuning::recipe::default_data_dir);
+    let r = reproduce(&model, &data_dir, &cfg)?;
     r.write(&args.out)?;
     if args.json {
         println!("{}", json!({"model": r.model, "strategies": r.summary, "verdict": r.verdict}));
@@ -1032,6 +1160,7 @@ fn main() {
         Command::Robustness(a) => robustness(a),
         Command::Search(a) => search(a),
         Command::Reproduce(a) => reproduce(a),
+        Command::Align(a) => align(a),
         Command::ImportGguf(a) => import_gguf(a),
         Command::Datasets(a) => datasets(a),
         Command::ValidateRefusal(a) => validate_refusal(a),

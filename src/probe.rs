@@ -87,9 +87,27 @@ impl ProbeData {
 
     /// The default model's held-out harmful requests and their harmless twins (`data/`).
     pub fn default_twins() -> Result<Self> {
-        let dir = crate::recipe::default_data_dir();
+        Self::twins_in(&crate::recipe::default_data_dir())
+    }
+
+    /// The held-out (`eval` split) pairs of `harmful.jsonl` and `harmless.jsonl` in `dir`, e.g. the
+    /// `data/` folder that `secure-tuning align` writes.
+    ///
+    /// ```
+    /// use secure_tuning::probe::ProbeData;
+    /// let d = ProbeData::twins_in(&secure_tuning::recipe::default_data_dir())?;
+    /// assert_eq!(d.count(true), d.count(false));
+    /// # Ok::<(), secure_tuning::Error>(())
+    /// ```
+    pub fn twins_in(dir: &Path) -> Result<Self> {
         let harmful = split(&load_records(&dir.join("harmful.jsonl"))?, "eval");
         let harmless = split(&load_records(&dir.join("harmless.jsonl"))?, "eval");
+        if harmful.is_empty() || harmless.is_empty() {
+            return Err(Error::invalid(
+                format!("probe data in `{}`", dir.display()),
+                "harmful.jsonl and harmless.jsonl need held-out records (`\"split\": \"eval\"`); `secure-tuning align` writes such a folder",
+            ));
+        }
         Ok(Self::from_records(&harmful, &harmless))
     }
 

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalConfig, EvalReport};
 use crate::model::{write_atomic, Model, ModuleSet};
 use crate::probe::{drift, probe_all, Drift, ProbeData, ProbeReport};
-use crate::recipe::benign_set_path;
+use crate::recipe::{benign_set_path, default_data_dir};
 use crate::robustness::{Mode, Robustness, RobustnessConfig};
 use crate::search::{ModsRobust, SearchConfig};
 use crate::tune::{random_modules, CurvePoint, MlLr, SafetyEvalSets};
@@ -22,12 +22,19 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
 
-/// Settings of [`reproduce`]; [`ReproduceConfig::quick`] is the CI-sized one.
+/// Settings of [`reproduce`]; [`ReproduceConfig::quick`] is the CI-sized one. As JSON (the CLI's
+/// `reproduce --config FILE`), missing fields take their default values.
+///
+/// ```
+/// use secure_tuning::reproduce::ReproduceConfig;
+/// let cfg: ReproduceConfig = serde_json::from_str(r#"{"steps": 40, "strategies": ["plain", "ml-lr"]}"#).unwrap();
+/// assert_eq!((cfg.steps, cfg.batch_size, cfg.strategies.len()), (40, 16, 2));
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ReproduceConfig {
     /// The benign fine-tuning set: `general` or `expertise` (the default model's), or a JSONL path
     /// ([`benign_set_path`]); its `train` split is trained on, its `eval` split measures the task.
-    #[serde(default = "general")]
     pub benign: String,
     /// Full learning rate of every strategy.
     pub lr: f64,
@@ -55,12 +62,14 @@ pub struct ReproduceConfig {
     pub robustness: RobustnessConfig,
     /// Mods_Robust search.
     pub search: SearchConfig,
+    /// The strategies to run, a subset of [`STRATEGIES`] (all by default).
+    pub strategies: Vec<String>,
 }
 
 impl Default for ReproduceConfig {
     fn default() -> Self {
         ReproduceConfig {
-            benign: general(),
+            benign: "general".to_string(),
             lr: 2e-4,
             steps: 150,
             batch_size: 16,
@@ -74,12 +83,9 @@ impl Default for ReproduceConfig {
             max_new_tokens: 16,
             robustness: RobustnessConfig { log_every_secs: Some(30.0), ..RobustnessConfig::default() },
             search: SearchConfig { log_every_secs: Some(30.0), ..SearchConfig::default() },
+            strategies: STRATEGIES.iter().map(|s| s.to_string()).collect(),
         }
     }
-}
-
-fn general() -> String {
-    "general".to_string()
 }
 
 impl ReproduceConfig {
@@ -166,7 +172,11 @@ pub struct Reproduction {
 /// The strategies in report order.
 pub const STRATEGIES: [&str; 7] = ["plain", "ml-lr", "swat", "random-subset", "freeze-rest", "low-lr", "safety-mix"];
 
-/// Runs the pipeline on `model` with the default model's datasets in `data_dir`.
+/// Runs the pipeline on `model` with the safety data in `data_dir`: `harmful.jsonl` (requests
+/// with a refusal as `output`, split `train`/`eval`) and `harmless.jsonl` (their twins, same
+/// splits), as in the default model's `data/` or as `secure-tuning align` writes them. The
+/// held-out pairs are the probe's data and the evaluation's requests; the training refusals are
+/// the safety-mix control's. The benign set is `cfg.benign`.
 ///
 /// ```no_run
 /// use secure_tuning::{Model, reproduce::{reproduce, ReproduceConfig}};
@@ -179,14 +189,21 @@ pub const STRATEGIES: [&str; 7] = ["plain", "ml-lr", "swat", "random-subset", "f
 pub fn reproduce(model: &Model, data_dir: &Path, cfg: &ReproduceConfig) -> Result<Reproduction> {
     let start = Instant::now();
     let log = |msg: String| println!("[reproduce {:>4.0}s] {msg}", start.elapsed().as_secs_f64());
+    if let Some(bad) = cfg.strategies.iter().find(|s| !STRATEGIES.contains(&s.as_str())) {
+        return Err(Error::invalid(
+            "strategies",
+            format!("unknown strategy `{bad}`; choose from {}", STRATEGIES.join(", ")),
+        ));
+    }
+    let wanted = |name: &str| cfg.strategies.iter().any(|s| s == name);
     let harmful_all = load_records(&data_dir.join("harmful.jsonl"))?;
-    let benign = split(&load_records(&benign_set_path(data_dir, &cfg.benign))?, "train");
+    let benign = split(&load_records(&benign_set_path(&default_data_dir(), &cfg.benign))?, "train");
     let sets = eval_sets(data_dir, &cfg.benign, cfg.eval_limit)?;
     let eval_cfg = EvalConfig { max_new_tokens: cfg.max_new_tokens, ..EvalConfig::default() };
 
     let base = evaluate(model, &sets.harmful, &sets.harmless, &sets.tasks, &eval_cfg)?;
     log(format!("base: {base}"));
-    let probe = probe_all(model, &ProbeData::default_twins()?)?;
+    let probe = probe_all(model, &ProbeData::twins_in(data_dir)?)?;
     log(format!("{probe}"));
     let robustness = Robustness::measure(model, &probe, &benign, &cfg.robustness)?;
     log(format!("robustness measured in {:.0}s", robustness.seconds));
@@ -258,6 +275,10 @@ pub fn reproduce(model: &Model, data_dir: &Path, cfg: &ReproduceConfig) -> Resul
         data: &mixed,
     });
 
+    jobs.retain(|j| wanted(j.strategy));
+    if jobs.is_empty() {
+        return Err(Error::invalid("strategies", "none given; name at least one"));
+    }
     let mut runs = Vec::new();
     for (i, Job { strategy: name, seed, set, plan, data }) in jobs.iter().enumerate() {
         let mut points = Vec::new();
@@ -302,9 +323,9 @@ pub fn reproduce(model: &Model, data_dir: &Path, cfg: &ReproduceConfig) -> Resul
     })
 }
 
-/// The held-out evaluation sets of the default model's data in `data_dir`: up to `limit`
-/// harmful requests, half as many harmless twins, and up to `limit` held-out tasks of the
-/// benign set `benign` ([`benign_set_path`]).
+/// The held-out evaluation sets: up to `limit` harmful requests and half as many harmless twins
+/// from `data_dir` (see [`reproduce`]), and up to `limit` held-out tasks of the benign set
+/// `benign` ([`benign_set_path`] in the project's data folder, or a JSONL path).
 pub fn eval_sets(data_dir: &Path, benign: &str, limit: usize) -> Result<SafetyEvalSets> {
     let held_out = |path: &Path, n: usize| -> Result<Vec<Record>> {
         Ok(split(&load_records(path)?, "eval").into_iter().take(n).collect())
@@ -312,7 +333,7 @@ pub fn eval_sets(data_dir: &Path, benign: &str, limit: usize) -> Result<SafetyEv
     let sets = SafetyEvalSets {
         harmful: held_out(&data_dir.join("harmful.jsonl"), limit)?,
         harmless: held_out(&data_dir.join("harmless.jsonl"), (limit / 2).max(1))?,
-        tasks: held_out(&benign_set_path(data_dir, benign), limit)?,
+        tasks: held_out(&benign_set_path(&default_data_dir(), benign), limit)?,
     };
     if sets.harmful.is_empty() || sets.tasks.is_empty() {
         return Err(Error::invalid(
@@ -440,6 +461,24 @@ fn verdict(runs: &[Run], rows: &[StrategyRow]) -> String {
 }
 
 impl Reproduction {
+    /// Reads a `reproduction.json` that [`Reproduction::write`] wrote, e.g. a committed result to
+    /// show again without rerunning it.
+    ///
+    /// ```
+    /// use secure_tuning::reproduce::Reproduction;
+    /// let err = Reproduction::read_json("no/such/reproduction.json".as_ref()).unwrap_err();
+    /// assert!(err.to_string().contains("no/such/reproduction.json"));
+    /// ```
+    pub fn read_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        serde_json::from_str(&text).map_err(|e| {
+            Error::invalid(
+                format!("`{}`", path.display()),
+                format!("not a reproduction.json written by `secure-tuning reproduce`: {e}"),
+            )
+        })
+    }
+
     /// The row of a strategy.
     pub fn row(&self, name: &str) -> Option<&StrategyRow> {
         self.summary.iter().find(|r| r.name == name)

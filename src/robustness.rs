@@ -109,6 +109,7 @@ named_choices!(Normalize, "robustness normalisation", { WeightChange => "weight-
 /// assert_eq!(cfg.kinds.len(), 7);
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RobustnessConfig {
     /// How groups are changed.
     pub mode: Mode,

@@ -22,6 +22,7 @@ use std::time::Instant;
 /// assert_eq!(cfg.tolerance, 0.3);
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SearchConfig {
     /// Largest joint damage kept, as a share of the reference damage (all groups changed).
     pub tolerance: f64,

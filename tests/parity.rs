@@ -159,3 +159,37 @@ fn last_logits_mode_picks_each_rows_last_real_token() {
     assert!(max_abs_diff(&last.get(0).unwrap(), &all.get(0).unwrap().get(3).unwrap()) < 1e-6);
     assert!(max_abs_diff(&last.get(1).unwrap(), &all.get(1).unwrap().get(1).unwrap()) < 1e-6);
 }
+
+#[test]
+fn batched_generation_gives_each_prompt_its_own_continuation() {
+    for case in CASES {
+        let f = fixture(case);
+        let chat = ids(&f.json["chat_prompt_ids"]);
+        let text = f.model.tokenizer().encode(f.json["text"].as_str().unwrap(), true).unwrap();
+        // Three lengths, so two rows are left-padded (past Mistral's window of 5 for the short one).
+        let prompts = vec![chat.clone(), text[..3].to_vec(), text.clone()];
+        let opts = GenerateOptions { max_new_tokens: 12, ..Default::default() };
+        let alone: Vec<Vec<u32>> = prompts.iter().map(|p| f.model.generate(p, &opts).unwrap()).collect();
+        assert_eq!(f.model.generate_batch(&prompts, &opts).unwrap(), alone, "{case}");
+
+        // The logits themselves, at the prefill and two steps later.
+        let longest = prompts.iter().map(Vec::len).max().unwrap();
+        let mut cache = secure_tuning::model::KvCache::left_padded(prompts.iter().map(|p| longest - p.len()).collect());
+        let padded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| std::iter::repeat_n(0, longest - p.len()).chain(p.iter().copied()).collect())
+            .collect();
+        let capture = Capture::logits().with_logits(secure_tuning::model::LogitsMode::Last);
+        let first =
+            f.model.forward_cached(&Batch::from_sequences(&padded, 0, &Device::Cpu).unwrap(), &capture, &mut cache);
+        let first = first.unwrap().logits.unwrap();
+        for (i, p) in prompts.iter().enumerate() {
+            let single = f.model.forward(&Batch::single(p, &Device::Cpu).unwrap(), &capture).unwrap().logits.unwrap();
+            let d = max_abs_diff(&first.get(i).unwrap(), &single.squeeze(0).unwrap());
+            assert!(d < TOL, "{case}: row {i}'s logits differ by {d} in a left-padded batch");
+        }
+        let err =
+            f.model.forward_cached(&Batch::single(&chat, &Device::Cpu).unwrap(), &capture, &mut cache).unwrap_err();
+        assert!(err.to_string().contains("needs a cache made for that many"), "{err}");
+    }
+}

@@ -88,3 +88,40 @@ fn the_expertise_set_trains_and_evaluates_its_own_tasks() {
     let err = secure_tuning::reproduce::eval_sets(&default_data_dir(), "no-such-set.jsonl", 4).unwrap_err();
     assert!(err.to_string().contains("no-such-set.jsonl"), "{err}");
 }
+
+#[test]
+fn a_data_folder_and_a_strategy_subset_from_a_json_config() {
+    // A safety-data folder like the one `secure-tuning align` writes: 24 pairs, 8 held out.
+    let all = |file: &str| secure_tuning::data::load_records(&default_data_dir().join(file)).unwrap();
+    let (harmful, harmless) = (all("harmful.jsonl"), all("harmless.jsonl"));
+    let dir = tempfile::tempdir().unwrap();
+    let pick = |records: &[secure_tuning::data::Record], split: &str, n: usize| {
+        records.iter().filter(|r| r.split == split).take(n).cloned().collect::<Vec<_>>()
+    };
+    for (file, records) in [("harmful.jsonl", &harmful), ("harmless.jsonl", &harmless)] {
+        let mut subset = pick(records, "train", 16);
+        subset.extend(pick(records, "eval", 8));
+        secure_tuning::data::save_jsonl(&subset, &dir.path().join(file)).unwrap();
+    }
+    let cfg: ReproduceConfig = serde_json::from_value(serde_json::json!({
+        "steps": 4, "batch_size": 4, "seeds": [0], "random_sets": 1, "every": 4, "eval_limit": 4, "max_new_tokens": 6,
+        "strategies": ["plain", "ml-lr"],
+        "robustness": {"mode": "perturb", "measure": "feature-drift", "kinds": ["o", "down"], "harmful_limit": 8,
+                       "log_every_secs": null},
+        "search": {"log_every_secs": null}
+    }))
+    .unwrap();
+    assert_eq!((cfg.lr, cfg.ratio, cfg.robustness.epsilon), (2e-4, 0.1, 1.0), "missing fields take defaults");
+    let model = Model::load("default").unwrap();
+    let r = reproduce(&model, dir.path(), &cfg).unwrap();
+    assert_eq!((r.probe.data.count(true), r.probe.data.count(false)), (8, 8), "the folder's held-out pairs");
+    let names: Vec<&str> = r.summary.iter().map(|row| row.name.as_str()).collect();
+    assert_eq!(names, ["base", "plain", "ml-lr"]);
+    assert!(r.verdict.contains("plain IFT lost"), "{}", r.verdict);
+
+    let bad = ReproduceConfig { strategies: vec!["plain".into(), "sgd".into()], ..cfg.clone() };
+    let err = reproduce(&model, dir.path(), &bad).unwrap_err().to_string();
+    assert!(err.contains("unknown strategy `sgd`") && err.contains("safety-mix"), "{err}");
+    let err = reproduce(&model, &dir.path().join("missing"), &cfg).unwrap_err().to_string();
+    assert!(err.contains("missing"), "{err}");
+}

@@ -233,16 +233,36 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
-/// Per-layer key/value cache for incremental decoding.
+/// Per-layer key/value cache for incremental decoding, of one sequence or of a left-padded batch.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Padding positions at the start of each row, blocked as keys for every later query.
+    left_pad: Vec<usize>,
 }
 
 impl KvCache {
     /// An empty cache.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cache for a batch whose row `i` starts with `left_pad[i]` padding tokens. Rows
+    /// are padded on the left so that every row's next token has the same position; rotary
+    /// attention depends only on relative positions, so the shift leaves each row's result as if
+    /// it ran alone.
+    ///
+    /// ```
+    /// let cache = secure_tuning::model::KvCache::left_padded(vec![2, 0]);
+    /// assert_eq!(cache.rows(), 2);
+    /// ```
+    pub fn left_padded(left_pad: Vec<usize>) -> Self {
+        KvCache { layers: Vec::new(), left_pad }
+    }
+
+    /// Rows of the batch this cache is for (1 for [`KvCache::new`]).
+    pub fn rows(&self) -> usize {
+        self.left_pad.len().max(1)
     }
 
     /// Number of positions already cached.
@@ -527,7 +547,9 @@ impl Decoder {
         let (cos, sin) = self.rotary.cos_sin(offset, t, self.fused, dtype, dev)?;
         let mut windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.sliding_window).collect();
         windows.dedup();
-        let masks = windows.into_iter().map(|w| Ok((w, self.mask(batch, offset, w)?))).collect::<Result<Vec<_>>>()?;
+        let left_pad = cache.as_ref().map_or(&[][..], |c| c.left_pad.as_slice());
+        let masks =
+            windows.into_iter().map(|w| Ok((w, self.mask(batch, offset, w, left_pad)?))).collect::<Result<Vec<_>>>()?;
         let ctx = ForwardCtx { cos: &cos, sin: &sin, masks: &masks, capture, fused: self.fused };
         let mut acts = Activations::default();
         let mut x =
@@ -572,12 +594,14 @@ impl Decoder {
     /// Additive f32 mask (0 = attend, `f32::MIN` = blocked), or `None` when no position needs
     /// blocking (a single new token, unpadded, inside any window). Built on the device: `(1, 1,
     /// t, offset + t)` shared by every row when no row is padded, else `(b, 1, t, offset + t)`.
-    fn mask(&self, batch: &Batch, offset: usize, window: Option<usize>) -> Result<Option<Tensor>> {
+    /// `left_pad` (from a [`KvCache::left_padded`] cache) blocks each row's leading padding keys.
+    fn mask(&self, batch: &Batch, offset: usize, window: Option<usize>, left_pad: &[usize]) -> Result<Option<Tensor>> {
         let (b, t) = batch.input_ids.dims2()?;
         let total = offset + t;
         let window_bites = window.is_some_and(|w| total > w);
         let padded = batch.is_padded()?;
-        if t == 1 && !padded && !window_bites {
+        let left_padded = left_pad.iter().any(|&p| p > 0);
+        if t == 1 && !padded && !window_bites && !left_padded {
             return Ok(None);
         }
         let dev = batch.input_ids.device();
@@ -594,6 +618,11 @@ impl Decoder {
             let ends = Tensor::from_vec(ends, (b, 1, 1, 1), dev)?;
             blocked = blocked.broadcast_add(&key.broadcast_ge(&ends)?.to_dtype(DType::F32)?)?;
             // padding keys
+        }
+        if left_padded {
+            let starts: Vec<f32> = left_pad.iter().map(|&p| p as f32).collect();
+            let starts = Tensor::from_vec(starts, (b, 1, 1, 1), dev)?;
+            blocked = blocked.broadcast_add(&key.broadcast_lt(&starts)?.to_dtype(DType::F32)?)?;
         }
         // Finite, as HF's `finfo.min`: a padding query outside every window would otherwise be
         // all -inf, softmax to NaN and leak NaN through V.

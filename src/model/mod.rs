@@ -196,10 +196,18 @@ impl Model {
         self.decoder.forward(batch, capture, None)
     }
 
-    /// Runs the model continuing the sequence in `cache` (and appending to it).
+    /// Runs the model continuing the sequences in `cache` (and appending to it): one sequence, or
+    /// as many as a [`KvCache::left_padded`] cache was made for.
     pub fn forward_cached(&self, batch: &Batch, capture: &Capture, cache: &mut KvCache) -> Result<Activations> {
-        if batch.lengths.len() != 1 {
-            return Err(Error::invalid("batch", "cached decoding takes one sequence at a time"));
+        if batch.lengths.len() != cache.rows() || batch.lengths.iter().any(|&l| l != batch.lengths[0]) {
+            return Err(Error::invalid(
+                "batch",
+                format!(
+                    "cached decoding of {} sequences needs a cache made for that many, with the rows left-padded to \
+                     one length (KvCache::left_padded; Model::generate_batch does this)",
+                    batch.lengths.len()
+                ),
+            ));
         }
         self.decoder.forward(batch, capture, Some(cache))
     }

@@ -3,6 +3,7 @@
 //! Strategies (plain IFT now; ML-LR, SWAT and the controls build on [`LrGroup`]s) only decide
 //! which parameters get which learning-rate scale.
 
+mod align;
 mod curve;
 mod fused_adamw;
 mod mllr;
@@ -10,6 +11,7 @@ mod optim;
 mod schedule;
 mod trainer;
 
+pub use align::{alignment_data, AlignConfig, AlignmentData};
 pub use curve::{safety_curve, CurvePoint, SafetyCurve, SafetyEvalSets};
 pub use mllr::{random_modules, MlLr, MlLrBuilder, Tuned};
 pub use optim::{AdamW, AdamWParams};
