@@ -324,7 +324,9 @@ let probe = probe_all(&model, &data)?;
 probe"""),
         md("Perturb mode with feature drift needs no refusals and no training, so it works on any model, including "
            "SmolLM2, which refuses almost nothing. On a real model this uses wider layer groups and fewer prompts "
-           "than the full run in docs/real-models.md."),
+           "than the full run in docs/real-models.md. Feature drift is read at the probe's layer, so groups after "
+           "that layer score exactly 0: they cannot move those features. The refusal-log-prob measure (the testbed "
+           "below) sees them."),
         code("""let cfg = if real {
     RobustnessConfig { mode: Mode::Perturb, measure: Measure::FeatureDrift, layers_per_group: Some(5), harmful_limit: 16, ..RobustnessConfig::default() }
 } else {

@@ -27,13 +27,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q nbclient==0.10.2 nbformat==5.10.4 ipykernel jupyter_client
 fi
-# The kernels of one run share one build folder. The notebooks run one after another, so each
-# reuses what the one before compiled instead of building it again in a fresh temporary folder
-# (measured: a later notebook's first two cells 8 s each instead of 1-2 minutes).
+# The kernels of one run share one build folder per lane (EVCXR_TMPDIR, and EVCXR_TMPDIR-laneK for
+# the others), so a notebook reuses what the one before it in its lane compiled instead of building
+# it again in a fresh temporary folder (measured: a later notebook's first two cells 8 s each
+# instead of 1-2 minutes).
 export EVCXR_TMPDIR=${EVCXR_TMPDIR:-$PWD/target/evcxr-notebooks}
 mkdir -p "$EVCXR_TMPDIR"
 if [ "${1:-}" = "--full" ]; then
+  # One at a time: the written outputs record each cell's wall time on an otherwise idle machine.
   "$VENV/bin/python" tests/run_notebooks.py --write notebooks/*.ipynb
 else
-  SECURE_TUNING_QUICK=1 "$VENV/bin/python" tests/run_notebooks.py notebooks/*.ipynb
+  # Two kernels at a time after the first notebook (see tests/run_notebooks.py for why).
+  SECURE_TUNING_QUICK=1 "$VENV/bin/python" tests/run_notebooks.py --jobs="${NOTEBOOK_JOBS:-2}" notebooks/*.ipynb
 fi

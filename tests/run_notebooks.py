@@ -1,9 +1,20 @@
 """Runs notebooks with the evcxr kernel and checks them: no error outputs, no panic or `Error:`
 text in any output (evcxr reports some failures as plain output without failing the cell),
 and at least one inline SVG chart per notebook. With --write, executed notebooks are saved;
-each code cell's wall time is printed (the first one includes the `:dep` build)."""
+each code cell's wall time is printed (the first one includes the `:dep` build).
+
+With --jobs=N the first notebook runs alone (its kernel builds the library into $EVCXR_TMPDIR and
+fills evcxr's `:cache`), then the others run N at a time, longest first, each lane with its own
+build folder: evcxr uses EVCXR_TMPDIR itself as the kernel's crate, so two kernels cannot share
+one. Most of a quick notebook's time is single-threaded (the kernel's rust-analyzer, rustc on the
+cell, linking), so on two cores two lanes finish sooner than one."""
+import os
+import queue
+import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime
 
 import nbformat
@@ -61,18 +72,59 @@ def elapsed(cell):
     return (end - start).total_seconds()
 
 
+def run_here(path, write):
+    """Checks one notebook in this process; prints its report and returns whether it passed."""
+    problems, seconds, cell_seconds = check(path, write)
+    status = "ok" if not problems else "FAILED"
+    print(f"{path}: {status} in {seconds:.0f}s", flush=True)
+    print("  cells: " + ", ".join(f"{i}: {s:.0f}s" for i, s in cell_seconds), flush=True)
+    for p in problems:
+        print(f"  {p}", flush=True)
+    return not problems
+
+
+def recorded_seconds(path):
+    """The notebook's last recorded run time (its committed outputs), to start long ones first."""
+    nb = nbformat.read(path, as_version=4)
+    return sum(s for s in (elapsed(c) for c in nb.cells if c.cell_type == "code") if s == s)
+
+
+def run_in_lanes(paths, jobs, write):
+    """Runs `paths` `jobs` at a time, each in a child process of this script whose kernel builds in
+    its lane's folder; prints each notebook's report when it finishes. Returns the failures."""
+    base = os.environ.get("EVCXR_TMPDIR") or tempfile.mkdtemp(prefix="evcxr-notebooks-")
+    lanes = queue.Queue()
+    for k in range(jobs):
+        lanes.put(base if k == 0 else f"{base}-lane{k}")
+
+    def one(path):
+        lane = lanes.get()
+        try:
+            os.makedirs(lane, exist_ok=True)
+            args = [sys.executable, os.path.abspath(__file__)] + (["--write"] if write else []) + [path]
+            done = subprocess.run(args, env=dict(os.environ, EVCXR_TMPDIR=lane), capture_output=True, text=True)
+            return done.returncode, done.stdout + done.stderr
+        finally:
+            lanes.put(lane)
+
+    failed = 0
+    ordered = sorted(paths, key=recorded_seconds, reverse=True)
+    with ThreadPoolExecutor(jobs) as pool:
+        for future in as_completed([pool.submit(one, p) for p in ordered]):
+            code, report = future.result()
+            print(report, end="", flush=True)
+            failed += code != 0
+    return failed
+
+
 def main():
     write = "--write" in sys.argv
+    jobs = next((int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--jobs=")), 1)
     paths = [p for p in sys.argv[1:] if not p.startswith("--")]
-    failed = 0
-    for path in paths:
-        problems, seconds, cell_seconds = check(path, write)
-        status = "ok" if not problems else "FAILED"
-        print(f"{path}: {status} in {seconds:.0f}s", flush=True)
-        print("  cells: " + ", ".join(f"{i}: {s:.0f}s" for i, s in cell_seconds), flush=True)
-        for p in problems:
-            print(f"  {p}", flush=True)
-        failed += bool(problems)
+    if jobs <= 1 or len(paths) <= 1:
+        failed = sum(not run_here(p, write) for p in paths)
+    else:
+        failed = int(not run_here(paths[0], write)) + run_in_lanes(paths[1:], jobs, write)
     sys.exit(1 if failed else 0)
 
 
