@@ -7,7 +7,10 @@ With --jobs=N the first notebook runs alone (its kernel builds the library into 
 fills evcxr's `:cache`), then the others run N at a time, longest first, each lane with its own
 build folder: evcxr uses EVCXR_TMPDIR itself as the kernel's crate, so two kernels cannot share
 one. Most of a quick notebook's time is single-threaded (the kernel's rust-analyzer, rustc on the
-cell, linking), so on two cores two lanes finish sooner than one."""
+cell, linking), so on two cores two lanes with one compute thread each finish sooner than one
+(measured on the project's 2-core machine: notebooks 03 and 04 side by side in 324 s, one after
+the other in 646 s; with a pool of both cores in each lane, 06 and 07 side by side took over 21
+and 14 minutes, against about 8 and 5 one after the other)."""
 import os
 import queue
 import subprocess
@@ -102,7 +105,12 @@ def run_in_lanes(paths, jobs, write):
         try:
             os.makedirs(lane, exist_ok=True)
             args = [sys.executable, os.path.abspath(__file__)] + (["--write"] if write else []) + [path]
-            done = subprocess.run(args, env=dict(os.environ, EVCXR_TMPDIR=lane), capture_output=True, text=True)
+            env = dict(os.environ, EVCXR_TMPDIR=lane)
+            # Candle's CPU ops and matmuls use a thread pool of every core whose idle threads
+            # spin; two such pools on the same cores slow each other down, so each lane gets its
+            # share of the cores.
+            env.setdefault("RAYON_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+            done = subprocess.run(args, env=env, capture_output=True, text=True)
             return done.returncode, done.stdout + done.stderr
         finally:
             lanes.put(lane)
