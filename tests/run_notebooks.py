@@ -40,12 +40,18 @@ def texts(output):
 def check(path, write):
     nb = nbformat.read(path, as_version=4)
     start = time.time()
-    client = NotebookClient(nb, timeout=3600, kernel_name="rust", resources={"metadata": {"path": "notebooks"}})
+    # A fresh evcxr kernel can take minutes to answer when another one is busy beside it (its
+    # rust-analyzer loads the standard library first); nbclient's default wait is 60 s.
+    client = NotebookClient(
+        nb, timeout=3600, startup_timeout=900, kernel_name="rust", resources={"metadata": {"path": "notebooks"}}
+    )
     problems = []
     try:
         client.execute()
     except CellExecutionError as e:
         problems.append(str(e).splitlines()[-1] if str(e) else "a cell failed")
+    except Exception as e:  # a kernel that died or never started: report it under this notebook
+        problems.append(f"kernel: {type(e).__name__}: {e}")
     charts = 0
     for i, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []):
