@@ -3,19 +3,18 @@
 //!
 //! Two flavours of the same code: the inference decoder uses candle's fused kernels (RMSNorm,
 //! rotary embedding, last-dim softmax; attention scores in the model's dtype, accumulated in
-//! f32 inside the kernels), while the training decoder uses ops that have a backward pass
-//! ([`super::train_ops`]: an f32 RMSNorm, rotate-half rotary embeddings and an f32 softmax, each
-//! fused on the CPU), because candle's fused kernels have no gradient.
+//! f32 inside the kernels), while the training decoder uses only ops that have a backward pass
+//! (an explicit f32 RMSNorm, rotate-half rotary embeddings, a composed f32 softmax), because
+//! the fused kernels have no gradient.
 //! Parameter names are Hugging Face's, so `model.layers.3.mlp.down_proj.weight` in a checkpoint
 //! is `layers[3].mlp.down_proj.weight` here.
 
 use super::activations::{Activations, Capture, HookPoint, LogitsMode};
 use super::config::{Config, RopeScaling};
 use super::modules::{ModuleId, ModuleKind};
-use super::train_ops;
 use super::weights::WeightSource;
 use crate::error::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 
 /// `y = x @ weight.t() + bias (+ scale * x @ A.t() @ B.t())`, for inputs `(b, t, in)` or
 /// `(n, in)`; the LoRA term only when the module has adapters.
@@ -156,7 +155,11 @@ impl RmsNorm {
         if fused {
             return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?);
         }
-        train_ops::rms_norm(x, &self.weight, self.eps)
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(x.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
     }
 }
 
@@ -194,14 +197,18 @@ impl Rotary {
         Rotary { inv_freq: inv_freq.into_iter().map(|f| f as f32).collect() }
     }
 
-    /// `(cos, sin)` for positions `offset..offset + t`, each `(t, head_dim / 2)`.
-    fn cos_sin(&self, offset: usize, t: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
+    /// `(cos, sin)` for positions `offset..offset + t`: each `(t, head_dim / 2)` for the fused
+    /// kernel, or `(t, head_dim)` (both halves) for [`apply_rotary`].
+    fn cos_sin(&self, offset: usize, t: usize, fused: bool, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut freqs = Vec::with_capacity(t * half);
+        let copies = if fused { 1 } else { 2 };
+        let mut freqs = Vec::with_capacity(t * copies * half);
         for p in offset..offset + t {
-            freqs.extend(self.inv_freq.iter().map(|f| f * p as f32));
+            for _ in 0..copies {
+                freqs.extend(self.inv_freq.iter().map(|f| f * p as f32));
+            }
         }
-        let freqs = Tensor::from_vec(freqs, (t, half), dev)?;
+        let freqs = Tensor::from_vec(freqs, (t, copies * half), dev)?;
         Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
     }
 }
@@ -215,6 +222,15 @@ fn in_dtype(mask: &Tensor, dtype: DType) -> Result<Tensor> {
         _ => return Ok(mask.to_dtype(dtype)?),
     };
     Ok(mask.clamp(lowest, 0f32)?.to_dtype(dtype)?)
+}
+
+/// `x * cos + rotate_half(x) * sin` for `x` of shape `(b, heads, t, head_dim)`.
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
 /// Per-layer key/value cache for incremental decoding, of one sequence or of a left-padded batch.
@@ -324,7 +340,7 @@ impl Attention {
         let (q, k) = if ctx.fused {
             (candle_nn::rotary_emb::rope(&q, ctx.cos, ctx.sin)?, candle_nn::rotary_emb::rope(&k, ctx.cos, ctx.sin)?)
         } else {
-            (train_ops::rope(&q, ctx.cos, ctx.sin)?, train_ops::rope(&k, ctx.cos, ctx.sin)?)
+            (apply_rotary(&q, ctx.cos, ctx.sin)?, apply_rotary(&k, ctx.cos, ctx.sin)?)
         };
         let (k, v) = match cache {
             Some(slot) => {
@@ -355,7 +371,7 @@ impl Attention {
                 Some(mask) => scores.broadcast_add(mask)?,
                 None => scores,
             };
-            train_ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?
+            candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?
         };
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.num_heads * hd))?;
         Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?))
@@ -383,7 +399,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor, layer: usize, ctx: &ForwardCtx, acts: &mut Activations) -> Result<Tensor> {
         let gate = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Gate), self.gate_proj.forward(x)?);
         let up = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Up), self.up_proj.forward(x)?);
-        let down = self.down_proj.forward(&train_ops::swiglu(&gate, &up)?)?;
+        let down = self.down_proj.forward(&(gate.silu()? * up)?)?;
         Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Down), down))
     }
 }
@@ -528,7 +544,7 @@ impl Decoder {
         }
         let dev = batch.input_ids.device();
         let dtype = self.embed_tokens.dtype();
-        let (cos, sin) = self.rotary.cos_sin(offset, t, dtype, dev)?;
+        let (cos, sin) = self.rotary.cos_sin(offset, t, self.fused, dtype, dev)?;
         let mut windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.sliding_window).collect();
         windows.dedup();
         let left_pad = cache.as_ref().map_or(&[][..], |c| c.left_pad.as_slice());

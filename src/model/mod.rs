@@ -11,8 +11,6 @@ pub mod gguf;
 mod load;
 mod lora;
 mod modules;
-mod train_ops;
-pub(crate) use train_ops::cross_entropy;
 mod weights;
 
 pub use activations::{Activations, Capture, HookPoint, LogitsMode};
