@@ -11,6 +11,7 @@ cell, linking), so on two cores two lanes with one compute thread each finish so
 (measured on the project's 2-core machine: notebooks 03 and 04 side by side in 324 s, one after
 the other in 646 s; with a pool of both cores in each lane, 06 and 07 side by side took over 21
 and 14 minutes, against about 8 and 5 one after the other)."""
+import math
 import os
 import queue
 import subprocess
@@ -95,13 +96,13 @@ def run_here(path, write):
 def recorded_seconds(path):
     """The notebook's last recorded run time (its committed outputs), to start long ones first."""
     nb = nbformat.read(path, as_version=4)
-    return sum(s for s in (elapsed(c) for c in nb.cells if c.cell_type == "code") if s == s)
+    return sum(s for s in (elapsed(c) for c in nb.cells if c.cell_type == "code") if not math.isnan(s))
 
 
 def run_in_lanes(paths, jobs, write):
     """Runs `paths` `jobs` at a time, each in a child process of this script whose kernel builds in
     its lane's folder; prints each notebook's report when it finishes. Returns the failures."""
-    base = os.environ.get("EVCXR_TMPDIR") or tempfile.mkdtemp(prefix="evcxr-notebooks-")
+    base = os.environ["EVCXR_TMPDIR"]
     lanes = queue.Queue()
     for k in range(jobs):
         lanes.put(base if k == 0 else f"{base}-lane{k}")
@@ -138,6 +139,8 @@ def main():
     if jobs <= 1 or len(paths) <= 1:
         failed = sum(not run_here(p, write) for p in paths)
     else:
+        # The first notebook's kernel and lane 0 must build in the same folder.
+        os.environ.setdefault("EVCXR_TMPDIR", tempfile.mkdtemp(prefix="evcxr-notebooks-"))
         failed = int(not run_here(paths[0], write)) + run_in_lanes(paths[1:], jobs, write)
     sys.exit(1 if failed else 0)
 
