@@ -2,10 +2,10 @@
 //! (norm, rotary, linear, attention, MLP, layer, decoder), with named hook points.
 //!
 //! Two flavours of the same code: the inference decoder uses candle's fused kernels (RMSNorm,
-//! rotary embedding, last-dim softmax; attention scores in the model's dtype, accumulated in
-//! f32 inside the kernels), while the training decoder uses only ops that have a backward pass
-//! (an explicit f32 RMSNorm, rotate-half rotary embeddings, a composed f32 softmax), because
-//! the fused kernels have no gradient.
+//! rotary embedding; a last-dim softmax from [`super::train_ops`] on the CPU; attention scores in the model's dtype, accumulated in
+//! f32 inside the kernels), while the training decoder uses ops that have a backward pass
+//! ([`super::train_ops`]: an f32 RMSNorm, rotate-half rotary embeddings and an f32 softmax, each
+//! fused on the CPU), because candle's fused kernels have no gradient.
 //! Parameter names are Hugging Face's, so `model.layers.3.mlp.down_proj.weight` in a checkpoint
 //! is `layers[3].mlp.down_proj.weight` here.
 
@@ -13,8 +13,9 @@ use super::activations::{Activations, Capture, HookPoint, LogitsMode};
 use super::config::{Config, RopeScaling};
 use super::modules::{ModuleId, ModuleKind};
 use super::weights::WeightSource;
+use super::{fused_attention, train_ops};
 use crate::error::Result;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 /// `y = x @ weight.t() + bias (+ scale * x @ A.t() @ B.t())`, for inputs `(b, t, in)` or
 /// `(n, in)`; the LoRA term only when the module has adapters.
@@ -155,11 +156,7 @@ impl RmsNorm {
         if fused {
             return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?);
         }
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let x = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(x.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
+        train_ops::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -197,18 +194,14 @@ impl Rotary {
         Rotary { inv_freq: inv_freq.into_iter().map(|f| f as f32).collect() }
     }
 
-    /// `(cos, sin)` for positions `offset..offset + t`: each `(t, head_dim / 2)` for the fused
-    /// kernel, or `(t, head_dim)` (both halves) for [`apply_rotary`].
-    fn cos_sin(&self, offset: usize, t: usize, fused: bool, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
+    /// `(cos, sin)` for positions `offset..offset + t`, each `(t, head_dim / 2)`.
+    fn cos_sin(&self, offset: usize, t: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let copies = if fused { 1 } else { 2 };
-        let mut freqs = Vec::with_capacity(t * copies * half);
+        let mut freqs = Vec::with_capacity(t * half);
         for p in offset..offset + t {
-            for _ in 0..copies {
-                freqs.extend(self.inv_freq.iter().map(|f| f * p as f32));
-            }
+            freqs.extend(self.inv_freq.iter().map(|f| f * p as f32));
         }
-        let freqs = Tensor::from_vec(freqs, (t, copies * half), dev)?;
+        let freqs = Tensor::from_vec(freqs, (t, half), dev)?;
         Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
     }
 }
@@ -222,15 +215,6 @@ fn in_dtype(mask: &Tensor, dtype: DType) -> Result<Tensor> {
         _ => return Ok(mask.to_dtype(dtype)?),
     };
     Ok(mask.clamp(lowest, 0f32)?.to_dtype(dtype)?)
-}
-
-/// `x * cos + rotate_half(x) * sin` for `x` of shape `(b, heads, t, head_dim)`.
-fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
 /// Per-layer key/value cache for incremental decoding, of one sequence or of a left-padded batch.
@@ -340,7 +324,7 @@ impl Attention {
         let (q, k) = if ctx.fused {
             (candle_nn::rotary_emb::rope(&q, ctx.cos, ctx.sin)?, candle_nn::rotary_emb::rope(&k, ctx.cos, ctx.sin)?)
         } else {
-            (apply_rotary(&q, ctx.cos, ctx.sin)?, apply_rotary(&k, ctx.cos, ctx.sin)?)
+            (train_ops::rope(&q, ctx.cos, ctx.sin)?, train_ops::rope(&k, ctx.cos, ctx.sin)?)
         };
         let (k, v) = match cache {
             Some(slot) => {
@@ -353,6 +337,11 @@ impl Attention {
             }
             None => (k, v),
         };
+        // One op on the CPU in f32 (both decoders); composed ops elsewhere.
+        if let Some(y) = fused_attention::attention(&q, &k, &v, ctx.mask(window))? {
+            let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * hd))?;
+            return Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?));
+        }
         let n_rep = self.num_heads / self.num_kv_heads;
         let k = candle_transformers::utils::repeat_kv(k, n_rep)?; // (b, heads, total, hd)
         let v = candle_transformers::utils::repeat_kv(v, n_rep)?;
@@ -363,7 +352,7 @@ impl Attention {
                 Some(mask) => scores.broadcast_add(&in_dtype(mask, scores.dtype())?)?,
                 None => scores,
             };
-            candle_nn::ops::softmax_last_dim(&scores)?
+            train_ops::softmax_last_dim(&scores)?
         } else {
             // Scores and softmax in f32, as HF's eager attention does.
             let scores = scores.to_dtype(DType::F32)?;
@@ -371,7 +360,7 @@ impl Attention {
                 Some(mask) => scores.broadcast_add(mask)?,
                 None => scores,
             };
-            candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?
+            train_ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?
         };
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.num_heads * hd))?;
         Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?))
@@ -399,7 +388,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor, layer: usize, ctx: &ForwardCtx, acts: &mut Activations) -> Result<Tensor> {
         let gate = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Gate), self.gate_proj.forward(x)?);
         let up = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Up), self.up_proj.forward(x)?);
-        let down = self.down_proj.forward(&(gate.silu()? * up)?)?;
+        let down = self.down_proj.forward(&train_ops::swiglu(&gate, &up)?)?;
         Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Down), down))
     }
 }
@@ -544,7 +533,7 @@ impl Decoder {
         }
         let dev = batch.input_ids.device();
         let dtype = self.embed_tokens.dtype();
-        let (cos, sin) = self.rotary.cos_sin(offset, t, self.fused, dtype, dev)?;
+        let (cos, sin) = self.rotary.cos_sin(offset, t, dtype, dev)?;
         let mut windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.sliding_window).collect();
         windows.dedup();
         let left_pad = cache.as_ref().map_or(&[][..], |c| c.left_pad.as_slice());

@@ -6,11 +6,14 @@ mod activations;
 mod chat;
 mod config;
 mod decoder;
+mod fused_attention;
 mod generate;
 pub mod gguf;
 mod load;
 mod lora;
 mod modules;
+mod train_ops;
+pub(crate) use train_ops::cross_entropy;
 mod weights;
 
 pub use activations::{Activations, Capture, HookPoint, LogitsMode};
@@ -53,6 +56,19 @@ pub struct Model {
     eos_ids: Vec<u32>,
     device: Device,
     lora: Option<LoraConfig>,
+}
+
+/// The same tensor (shared storage, no copy) under an id from this code's own counter.
+///
+/// Candle's backward pass keys gradients by tensor id, from a process-wide counter. In an evcxr
+/// notebook every cell is its own shared library with its own copy of that counter, so a model
+/// loaded in one cell and trained in another would mix ids from two counters: a frozen weight and
+/// an intermediate tensor of the training step could share an id, and the backward pass would
+/// merge their gradients (a shape error, or silently wrong gradients). The training decoder is
+/// built in the cell that trains, from tensors renumbered here.
+fn with_fresh_id(t: &Tensor) -> Result<Tensor> {
+    // `squeeze` of a size-1 dimension makes a new tensor over the same storage.
+    Ok(t.unsqueeze(0)?.squeeze(0)?)
 }
 
 impl Model {
@@ -289,9 +305,13 @@ impl Model {
         self.train_decoder = if self.vars.is_empty() {
             None
         } else {
-            let mut live = self.weights.clone();
-            for (name, var) in &self.vars {
-                live.insert(name.clone(), var.as_tensor().clone());
+            let mut live = BTreeMap::new();
+            for (name, t) in &self.weights {
+                let t = match self.vars.get(name) {
+                    Some(var) => var.as_tensor().clone(),
+                    None => with_fresh_id(t)?,
+                };
+                live.insert(name.clone(), t);
             }
             Some(Decoder::load(&source(&live), &self.config)?.for_training())
         };
@@ -552,5 +572,21 @@ impl Clone for Model {
 impl fmt::Debug for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Model({self}, from {})", self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_id_shares_the_storage_and_tracks_nothing() {
+        let t = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap();
+        let fresh = with_fresh_id(&t).unwrap();
+        assert_ne!(t.id(), fresh.id());
+        assert!(!fresh.track_op(), "a renumbered frozen weight must stay a leaf");
+        assert_eq!(fresh.to_vec1::<f32>().unwrap(), [1.0, 2.0, 3.0]);
+        let (a, b) = (t.storage_and_layout().0, fresh.storage_and_layout().0);
+        assert!(std::ptr::eq(&*a, &*b), "renumbering must not copy the weight");
     }
 }

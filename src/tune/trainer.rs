@@ -8,7 +8,7 @@ use super::schedule::Schedule;
 use crate::data::{Record, Rng};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Capture, LogitsMode, Message, Model};
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -564,9 +564,8 @@ pub(crate) fn response_loss(model: &Model, batch: &[&Example], grad: bool) -> Re
     let acts = if grad { model.forward_train(&input, &capture)? } else { model.forward(&input, &capture)? };
     let logits = acts.logits()?.to_dtype(DType::F32)?; // (n, vocab)
     let targets = Tensor::new(targets.as_slice(), model.device())?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?; // (n, 1)
-    Ok(((picked.sum_all()? / n as f64)?.neg()?, n))
+    let nll = crate::model::cross_entropy(&logits, &targets)?; // (n,)
+    Ok(((nll.sum_all()? / n as f64)?, n))
 }
 
 /// Scales all gradients so their global L2 norm is at most `max_norm`, on the gradients'

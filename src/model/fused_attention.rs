@@ -1,0 +1,363 @@
+//! Scaled dot-product attention as one CPU op, forward and backward, for f32 tensors: per
+//! (sequence, head) it computes `softmax(q k^T + mask) v` with two small GEMMs and a softmax in
+//! a scratch buffer. The composed version (repeat the key/value heads for grouped-query
+//! attention, a batched matmul, the mask's broadcast add, softmax, a second matmul) allocates the
+//! full `(b, heads, t, total)` score tensor three times forward and more backward, and each op
+//! is a hand-off to candle's thread pool; for the default model that is most of the attention's
+//! time. The backward pass recomputes the probabilities from `q` and `k` (as FlashAttention
+//! does) instead of keeping them, so training holds no score tensor between the passes.
+
+use super::train_ops::{exp, f32_data, max_of, sum_of, vectorised, with_f32_data};
+use crate::error::Result;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `softmax(q k^T + mask) v` for `q` `(b, heads, t, hd)` (already scaled), `k` and `v`
+/// `(b, kv_heads, total, hd)` with `heads` a multiple of `kv_heads` (head `h` reads key/value
+/// head `h / (heads / kv_heads)`), and an additive `mask` `(1 or b, 1, t, total)`. Returns
+/// `(b, heads, t, hd)`, or `None` when the tensors are not CPU f32 (the caller then composes).
+pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !(cpu_f32(q) && cpu_f32(k) && cpu_f32(v) && mask.is_none_or(cpu_f32)) {
+        return Ok(None);
+    }
+    let shape = Dims::of(q.dims(), k.dims(), v.dims(), mask.map(|m| m.dims()))?;
+    let op = Attention { shape, mask: mask.map(|m| m.contiguous()).transpose()? };
+    Ok(Some(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?))
+}
+
+/// The sizes of one call, checked once.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    heads: usize,
+    kv_heads: usize,
+    t: usize,
+    total: usize,
+    hd: usize,
+    /// Whether the mask has one `(t, total)` plane per sequence (else one for all).
+    mask_per_sequence: bool,
+}
+
+impl Dims {
+    fn of(q: &[usize], k: &[usize], v: &[usize], mask: Option<&[usize]>) -> Result<Dims> {
+        let bad = |what: String| crate::Error::invalid("attention inputs", what);
+        let ([b, heads, t, hd], [kb, kv_heads, total, khd]) = (
+            <[usize; 4]>::try_from(q).map_err(|_| bad(format!("q is {q:?}, not (b, heads, t, head_dim)")))?,
+            <[usize; 4]>::try_from(k).map_err(|_| bad(format!("k is {k:?}, not (b, kv_heads, total, head_dim)")))?,
+        );
+        if kb != b || khd != hd || v != k || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(bad(format!("q {q:?}, k {k:?} and v {v:?} do not fit together")));
+        }
+        let mask_per_sequence = match mask {
+            None => false,
+            Some([mb, 1, mt, mtotal]) if (*mb == 1 || *mb == b) && *mt == t && *mtotal == total => *mb == b && b > 1,
+            Some(m) => return Err(bad(format!("the mask is {m:?}, not (1 or {b}, 1, {t}, {total})"))),
+        };
+        Ok(Dims { heads, kv_heads, t, total, hd, mask_per_sequence })
+    }
+
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    /// The mask plane `(t, total)` of sequence `bi`.
+    fn mask_plane<'a>(&self, mask: &'a [f32], bi: usize) -> &'a [f32] {
+        let plane = self.t * self.total;
+        let at = if self.mask_per_sequence { bi * plane } else { 0 };
+        &mask[at..at + plane]
+    }
+}
+
+/// `dst (m x n) (+)= a (m x k) @ b (k x n)`, each operand a slice with its row and column
+/// strides; bounds are checked before the unchecked GEMM runs.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+) {
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(m > 0 && n > 0 && k > 0, "empty GEMM");
+    assert!(last(m, n, dst_rs, 1) < dst.len(), "GEMM output out of bounds");
+    assert!(last(m, k, a_rs, a_cs) < a.len() && last(k, n, b_rs, b_cs) < b.len(), "GEMM input out of bounds");
+    // SAFETY: every index the GEMM touches was checked against the slices above; `dst` is
+    // borrowed mutably, so it cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Probabilities `(t, total)` of one head into `p`: `softmax(q k^T + mask)` row by row.
+fn probabilities(d: &Dims, q: &[f32], k: &[f32], mask: Option<&[f32]>, p: &mut [f32]) {
+    let (t, total, hd) = (d.t, d.total, d.hd);
+    gemm((t, total, hd), p, total, false, q, (hd, 1), k, (1, hd));
+    vectorised(|| {
+        for (i, row) in p.chunks_exact_mut(total).enumerate() {
+            if let Some(mask) = mask {
+                row.iter_mut().zip(&mask[i * total..(i + 1) * total]).for_each(|(s, m)| *s += m);
+            }
+            let max = max_of(row);
+            row.iter_mut().for_each(|s| *s = exp(*s - max));
+            let inv = 1.0 / sum_of(row);
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
+    });
+}
+
+struct Attention {
+    shape: Dims,
+    mask: Option<Tensor>,
+}
+
+/// Runs `f` on the mask's data, if there is a mask.
+fn with_mask<R>(
+    mask: &Option<Tensor>,
+    f: impl FnOnce(Option<&[f32]>) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    match mask {
+        None => f(None),
+        Some(m) => with_f32_data(m, "fused-attention", |m| f(Some(m))),
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = self.shape;
+        let (q, k, v) =
+            (f32_data(qs, ql, self.name())?, f32_data(ks, kl, self.name())?, f32_data(vs, vl, self.name())?);
+        let (head, kv_head) = (d.t * d.hd, d.total * d.hd);
+        let mut out = vec![0f32; q.len()];
+        with_mask(&self.mask, |mask| {
+            out.par_chunks_mut(head).enumerate().for_each_init(
+                || vec![0f32; d.t * d.total],
+                |p, (bh, o)| {
+                    let (bi, h) = (bh / d.heads, bh % d.heads);
+                    let kv = (bi * d.kv_heads + h / d.group()) * kv_head;
+                    let mask = mask.map(|m| d.mask_plane(m, bi));
+                    probabilities(&d, &q[bh * head..(bh + 1) * head], &k[kv..kv + kv_head], mask, p);
+                    gemm((d.t, d.hd, d.total), o, d.hd, false, p, (d.total, 1), &v[kv..kv + kv_head], (d.hd, 1));
+                },
+            );
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = AttentionGrad { shape: self.shape, mask: self.mask.clone(), q: q.clone() };
+        let all = grad.contiguous()?.apply_op3_no_bwd(k, v, &op)?;
+        let (nq, nk) = (q.elem_count(), k.elem_count());
+        let dq = all.narrow(0, 0, nq)?.reshape(q.shape())?;
+        let dk = all.narrow(0, nq, nk)?.reshape(k.shape())?;
+        let dv = all.narrow(0, nq + nk, nk)?.reshape(v.shape())?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// The three gradients in one buffer `[dq; dk; dv]`, from `d out`, `k` and `v`. Work is
+/// split by (sequence, key/value head) so the heads that share a key/value head add into its
+/// gradients on one thread.
+struct AttentionGrad {
+    shape: Dims,
+    mask: Option<Tensor>,
+    q: Tensor,
+}
+
+impl CustomOp3 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "fused-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = self.shape;
+        let (d_out, k, v) =
+            (f32_data(gs, gl, self.name())?, f32_data(ks, kl, self.name())?, f32_data(vs, vl, self.name())?);
+        let (head, kv_head, group) = (d.t * d.hd, d.total * d.hd, d.group());
+        let mut all = vec![0f32; d_out.len() + 2 * k.len()];
+        let (dq, dkv) = all.split_at_mut(d_out.len());
+        let (dk, dv) = dkv.split_at_mut(k.len());
+        with_f32_data(&self.q, self.name(), |q| {
+            with_mask(&self.mask, |mask| {
+                dq.par_chunks_mut(group * head)
+                    .zip(dk.par_chunks_mut(kv_head).zip(dv.par_chunks_mut(kv_head)))
+                    .enumerate()
+                    .for_each_init(
+                        || (vec![0f32; d.t * d.total], vec![0f32; d.t * d.total]),
+                        |(p, dp), (bg, (dq, (dk, dv)))| {
+                            let bi = bg / d.kv_heads;
+                            let (k, v) = (&k[bg * kv_head..(bg + 1) * kv_head], &v[bg * kv_head..(bg + 1) * kv_head]);
+                            let mask = mask.map(|m| d.mask_plane(m, bi));
+                            for r in 0..group {
+                                let bh = bg * group + r; // heads of a group are consecutive
+                                let (q, d_o) = (&q[bh * head..(bh + 1) * head], &d_out[bh * head..(bh + 1) * head]);
+                                let dq = &mut dq[r * head..(r + 1) * head];
+                                probabilities(&d, q, k, mask, p);
+                                // dv += p^T d_o
+                                gemm((d.total, d.hd, d.t), dv, d.hd, r > 0, p, (1, d.total), d_o, (d.hd, 1));
+                                // dp = d_o v^T, then ds = p * (dp - rowsum(p * dp)) in place
+                                gemm((d.t, d.total, d.hd), dp, d.total, false, d_o, (d.hd, 1), v, (1, d.hd));
+                                vectorised(|| {
+                                    for (p, ds) in p.chunks_exact(d.total).zip(dp.chunks_exact_mut(d.total)) {
+                                        let dot: f32 = p.iter().zip(ds.iter()).map(|(p, g)| p * g).sum();
+                                        ds.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot));
+                                    }
+                                });
+                                // dq = ds k; dk += ds^T q
+                                gemm((d.t, d.hd, d.total), dq, d.hd, false, dp, (d.total, 1), k, (d.hd, 1));
+                                gemm((d.total, d.hd, d.t), dk, d.hd, r > 0, dp, (1, d.total), q, (d.hd, 1));
+                            }
+                        },
+                    );
+                Ok(())
+            })
+        })?;
+        let len = all.len();
+        Ok((CpuStorage::F32(all), len.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = crate::data::Rng::new(seed);
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| (rng.unit() * 2.0 - 1.0) as f32).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// The decoder's composed attention: repeat key/value heads, matmul, mask, softmax, matmul.
+    fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let rep = q.dim(1).unwrap() / k.dim(1).unwrap();
+        let k = candle_transformers::utils::repeat_kv(k.clone(), rep).unwrap();
+        let v = candle_transformers::utils::repeat_kv(v.clone(), rep).unwrap();
+        let scores = q.matmul(&k.t().unwrap()).unwrap();
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m).unwrap(),
+            None => scores,
+        };
+        candle_nn::ops::softmax(&scores, D::Minus1).unwrap().matmul(&v).unwrap()
+    }
+
+    /// A causal mask with the last `pad` keys of sequence 1 blocked as padding, `(b, 1, t, t)`.
+    fn mask(b: usize, t: usize, pad: usize) -> Tensor {
+        let mut m = vec![0f32; b * t * t];
+        for bi in 0..b {
+            for i in 0..t {
+                for j in 0..t {
+                    if j > i || (bi == 1 && j >= t - pad) {
+                        m[(bi * t + i) * t + j] = f32::MIN;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(m, (b, 1, t, t), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn fused_attention_matches_the_composed_one_and_its_gradients() {
+        // Grouped-query (6 heads over 2), a per-sequence mask with padding (whole padded query
+        // rows included), and without a mask.
+        for mask in [Some(mask(2, 9, 3)), None] {
+            let vars: Vec<Var> = [rand(&[2, 6, 9, 8], 1), rand(&[2, 2, 9, 8], 2), rand(&[2, 2, 9, 8], 3)]
+                .iter()
+                .map(|t| Var::from_tensor(t).unwrap())
+                .collect();
+            let [q, k, v] = [0, 1, 2].map(|i| vars[i].as_tensor().clone());
+            let fused = attention(&q, &k, &v, mask.as_ref()).unwrap().expect("CPU f32 takes the fused op");
+            let reference = composed(&q, &k, &v, mask.as_ref());
+            assert!(max_diff(&fused, &reference) < 1e-5, "forward differs by {}", max_diff(&fused, &reference));
+            let weights = rand(fused.dims(), 4);
+            let gf = (&fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let gc = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
+                let diff = max_diff(gf.get(t).unwrap(), gc.get(t).unwrap());
+                assert!(diff < 1e-5, "d{name} differs by {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_shared_mask_and_a_kv_cache_longer_than_the_queries() {
+        // One query against 7 cached positions, mask (1, 1, 1, 7) blocking the first two.
+        let (q, k, v) = (rand(&[1, 4, 1, 16], 5), rand(&[1, 4, 7, 16], 6), rand(&[1, 4, 7, 16], 7));
+        let m: Vec<f32> = (0..7).map(|j| if j < 2 { f32::MIN } else { 0.0 }).collect();
+        let m = Tensor::from_vec(m, (1, 1, 1, 7), &Device::Cpu).unwrap();
+        let fused = attention(&q, &k, &v, Some(&m)).unwrap().unwrap();
+        assert!(max_diff(&fused, &composed(&q, &k, &v, Some(&m))) < 1e-5);
+    }
+
+    #[test]
+    fn shapes_that_do_not_fit_are_named() {
+        let (q, k) = (rand(&[1, 3, 4, 8], 8), rand(&[1, 2, 4, 8], 9));
+        let err = attention(&q, &k, &k, None).unwrap_err().to_string();
+        assert!(err.contains("do not fit together"), "{err}");
+        let bad_mask = rand(&[1, 1, 4, 5], 10);
+        let err = attention(&q, &q, &q, Some(&bad_mask)).unwrap_err().to_string();
+        assert!(err.contains("the mask is [1, 1, 4, 5]"), "{err}");
+    }
+
+    #[test]
+    fn other_dtypes_are_left_to_the_caller() {
+        let q = rand(&[1, 2, 3, 4], 11).to_dtype(DType::BF16).unwrap();
+        assert!(attention(&q, &q, &q, None).unwrap().is_none());
+    }
+}

@@ -1,0 +1,738 @@
+//! Differentiable fused ops for training: the training decoder's RMSNorm, rotary embedding and
+//! attention softmax, the SwiGLU activation (both decoders) and the loss's cross-entropy. On the
+//! CPU in f32 each is a single pass forward and one backward: written with differentiable tensor
+//! ops the same maths takes 2-7 ops forward and about twice as many backward, each with its own
+//! allocation and thread hand-off, which is where a small model's training step spends most of
+//! its time (docs/performance.md). Candle's own fused kernels have no backward pass. Other dtypes
+//! and devices use the composed ops, which are also the reference the tests hold the fused ones to.
+
+use crate::error::Result;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// Rows per parallel task, so that the small tensors of a small model stay on one thread.
+const ROWS_PER_TASK: usize = 64;
+
+/// `e^x` in f32 without a libm call, so that loops over it vectorise: Cephes' `expf` range
+/// reduction (`x = n ln2 + r`, `|r| <= ln2 / 2`) and degree-6 polynomial, scaled by `2^n` through
+/// the exponent bits. Within 2 ulp of `f32::exp` on normal results (the unit test checks the whole
+/// range); 0 below -87.33 (where `f32::exp` gives a subnormal), infinity above 88.37 (`f32::exp`
+/// overflows at 88.72: neither matters for softmax, where `x <= 0`, or silu), NaN for NaN.
+#[inline(always)]
+pub(super) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that `n * LN2_HI` is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.33, 88.37); // keeps n in -126..=127, a normal power of two
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    let scaled = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.33 {
+        0.0
+    } else if x > 88.37 {
+        f32::INFINITY
+    } else {
+        scaled
+    }
+}
+
+/// Runs `f` compiled for the best vector unit this x86 CPU has (AVX-512 or AVX2 + FMA), so the
+/// loops inside it use 16 or 8 lanes instead of the baseline's 4; elsewhere it just runs `f`.
+#[inline(always)]
+pub(super) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
+/// Whether the fused CPU kernels apply to these tensors.
+fn fused_here(tensors: &[&Tensor]) -> bool {
+    tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+pub(super) fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
+        _ => candle_core::bail!("{op}: expects contiguous f32 tensors"),
+    }
+}
+
+/// The contiguous f32 data of a tensor held by an op (cos / sin tables, norm weights).
+pub(super) fn with_f32_data<T>(
+    t: &Tensor,
+    op: &str,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<T>,
+) -> candle_core::Result<T> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("{op}: expects tensors on the CPU");
+    };
+    f(f32_data(storage, layout, op)?)
+}
+
+/// `weight * (x / sqrt(mean(x^2) + eps))` over the last dimension, in f32 as Hugging Face does.
+///
+/// Called on a `(.., d)` input `x` and a `(d,)` weight; gradients reach both.
+pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused_here(&[x, weight]) {
+        return Ok(x.contiguous()?.apply_op2(weight, RmsNorm { eps: eps as f32 })?);
+    }
+    rms_norm_composed(x, weight, eps)
+}
+
+fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let x = x.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(x.to_dtype(dtype)?.broadcast_mul(weight)?)
+}
+
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (mean_sq + eps).sqrt()
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "train-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32_data(xs, xl, self.name())?, f32_data(ws, wl, self.name())?);
+        let d = w.len();
+        if xl.dims().last() != Some(&d) {
+            candle_core::bail!("train-rms-norm: input {:?} and weight ({d}) disagree", xl.dims());
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(ROWS_PER_TASK * d).zip(x.par_chunks(ROWS_PER_TASK * d)).for_each(|(y, x)| {
+            for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                let r = inv_rms(x, self.eps);
+                for i in 0..d {
+                    y[i] = w[i] * (x[i] * r);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let rows = x.elem_count() / d;
+        // One pass gives both gradients: rows of dx, then one row of dw.
+        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &RmsNormGrad { eps: self.eps })?;
+        let dx = both.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = both.narrow(0, rows, 1)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// With `u = grad * w` and `r = 1 / rms(x)`: `dx = r u - x r^3 mean(u x)`, `dw = sum_rows(grad x r)`.
+struct RmsNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "train-rms-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, g) =
+            (f32_data(xs, xl, self.name())?, f32_data(ws, wl, self.name())?, f32_data(gs, gl, self.name())?);
+        let d = w.len();
+        let mut out = vec![0f32; x.len() + d];
+        let (dx, dw) = out.split_at_mut(x.len());
+        let chunk = ROWS_PER_TASK * d;
+        // Partial weight gradients per task, summed in task order: the same bits on every run.
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .zip(g.par_chunks(chunk))
+            .map(|((dx, x), g)| {
+                let mut dw = vec![0f32; d];
+                for ((dx, x), g) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(g.chunks_exact(d)) {
+                    let r = inv_rms(x, self.eps);
+                    let ux: f32 = (0..d).map(|i| g[i] * w[i] * x[i]).sum();
+                    let c = r * r * r * ux / d as f32;
+                    for i in 0..d {
+                        dx[i] = r * (g[i] * w[i]) - x[i] * c;
+                        dw[i] += g[i] * (x[i] * r);
+                    }
+                }
+                dw
+            })
+            .collect();
+        for p in &partials {
+            dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
+        Ok((CpuStorage::F32(out), (x.len() / d + 1, d).into()))
+    }
+}
+
+/// Rotary embedding of `x` `(b, heads, t, head_dim)` with Hugging Face's rotate-half layout:
+/// `x * cos + rotate_half(x) * sin`, for `cos`, `sin` of shape `(t, head_dim / 2)`.
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fused_here(&[x, cos, sin]) {
+        let op = Rope { cos: cos.contiguous()?, sin: sin.contiguous()?, inverse: false };
+        return Ok(x.contiguous()?.apply_op1(op)?);
+    }
+    rope_composed(x, cos, sin)
+}
+
+fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (cos, sin) = (Tensor::cat(&[cos, cos], D::Minus1)?, Tensor::cat(&[sin, sin], D::Minus1)?);
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+}
+
+/// A rotation by each position's angle; `inverse` rotates back, which is also its gradient (the
+/// transpose of a rotation is its inverse).
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    inverse: bool,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "train-rope"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(xs, xl, self.name())?;
+        let (_, _, t, hd) = xl.shape().dims4()?;
+        let half = hd / 2;
+        let sign = if self.inverse { -1.0f32 } else { 1.0 };
+        with_f32_data(&self.cos, self.name(), |cos| {
+            with_f32_data(&self.sin, self.name(), |sin| {
+                if cos.len() != t * half || sin.len() != t * half {
+                    candle_core::bail!("train-rope: cos/sin must be ({t}, {half}) for input {:?}", xl.dims());
+                }
+                let mut y = vec![0f32; x.len()];
+                y.par_chunks_mut(t * hd).zip(x.par_chunks(t * hd)).for_each(|(y, x)| {
+                    for p in 0..t {
+                        let (y, x) = (&mut y[p * hd..(p + 1) * hd], &x[p * hd..(p + 1) * hd]);
+                        for i in 0..half {
+                            let (c, s) = (cos[p * half + i], sign * sin[p * half + i]);
+                            let (x1, x2) = (x[i], x[half + i]);
+                            y[i] = x1 * c - x2 * s;
+                            y[half + i] = x2 * c + x1 * s;
+                        }
+                    }
+                });
+                Ok((CpuStorage::F32(y), xl.shape().clone()))
+            })
+        })
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let back = Rope { cos: self.cos.clone(), sin: self.sin.clone(), inverse: !self.inverse };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
+
+/// The largest value of a row, in 16 lanes.
+#[inline(always)]
+pub(super) fn max_of(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = l.max(*v);
+        }
+    }
+    tail.iter().chain(&lanes).copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// The sum of a row, in 16 lanes (pairwise-ish, and it vectorises where a running sum cannot).
+#[inline(always)]
+pub(super) fn sum_of(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
+/// Softmax over the last dimension, in both decoders.
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fused_here(&[x]) {
+        return Ok(x.contiguous()?.apply_op1(Softmax)?);
+    }
+    if x.track_op() {
+        return Ok(candle_nn::ops::softmax(x, D::Minus1)?);
+    }
+    // No gradient needed: candle's fused kernel (GPU, half precision).
+    Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "train-softmax"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(xs, xl, self.name())?;
+        let n = xl.dims().last().copied().unwrap_or(1).max(1);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(ROWS_PER_TASK * n).zip(x.par_chunks(ROWS_PER_TASK * n)).for_each(|(y, x)| {
+            vectorised(|| {
+                for (y, x) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                    let max = max_of(x);
+                    for (y, x) in y.iter_mut().zip(x) {
+                        *y = exp(x - max);
+                    }
+                    let inv = 1.0 / sum_of(y);
+                    y.iter_mut().for_each(|y| *y *= inv);
+                }
+            })
+        });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(y, &SoftmaxGrad)?))
+    }
+}
+
+/// `dx = y * (grad - sum(grad * y))` per row.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "train-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, y) = (f32_data(gs, gl, self.name())?, f32_data(ys, yl, self.name())?);
+        if g.len() != y.len() {
+            candle_core::bail!("train-softmax-grad: gradient {:?} and output {:?} disagree", gl.dims(), yl.dims());
+        }
+        let n = yl.dims().last().copied().unwrap_or(1).max(1);
+        let mut dx = vec![0f32; g.len()];
+        dx.par_chunks_mut(ROWS_PER_TASK * n)
+            .zip(g.par_chunks(ROWS_PER_TASK * n))
+            .zip(y.par_chunks(ROWS_PER_TASK * n))
+            .for_each(|((dx, g), y)| {
+                for ((dx, g), y) in dx.chunks_exact_mut(n).zip(g.chunks_exact(n)).zip(y.chunks_exact(n)) {
+                    let dot: f32 = g.iter().zip(y).map(|(g, y)| g * y).sum();
+                    for i in 0..n {
+                        dx[i] = y[i] * (g[i] - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), yl.shape().clone()))
+    }
+}
+
+/// `silu(gate) * up`, the SwiGLU MLP's activation; gradients reach both.
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused_here(&[gate, up]) && gate.shape() == up.shape() {
+        return Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?);
+    }
+    Ok((gate.silu()? * up)?)
+}
+
+/// `x * sigmoid(x)`.
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "train-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (gate, up) = (f32_data(gs, gl, self.name())?, f32_data(us, ul, self.name())?);
+        let mut y = vec![0f32; gate.len()];
+        const CHUNK: usize = 1 << 14;
+        y.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK)).zip(up.par_chunks(CHUNK)).for_each(|((y, g), u)| {
+            vectorised(|| {
+                for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
+                    *y = silu(*g) * u;
+                }
+            })
+        });
+        Ok((CpuStorage::F32(y), gl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // One pass gives both gradients, stacked: [d gate; d up].
+        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &SwiGluGrad)?;
+        Ok((Some(both.get(0)?.reshape(gate.shape())?), Some(both.get(1)?.reshape(up.shape())?)))
+    }
+}
+
+/// `d up = grad * silu(gate)`, `d gate = grad * up * s (1 + gate (1 - s))` with `s = sigmoid(gate)`.
+struct SwiGluGrad;
+
+impl CustomOp3 for SwiGluGrad {
+    fn name(&self) -> &'static str {
+        "train-swiglu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (gate, up, grad) =
+            (f32_data(gs, gl, self.name())?, f32_data(us, ul, self.name())?, f32_data(ds, dl, self.name())?);
+        let n = gate.len();
+        let mut out = vec![0f32; 2 * n];
+        let (d_gate, d_up) = out.split_at_mut(n);
+        const CHUNK: usize = 1 << 14;
+        d_gate
+            .par_chunks_mut(CHUNK)
+            .zip(d_up.par_chunks_mut(CHUNK))
+            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)).zip(grad.par_chunks(CHUNK)))
+            .for_each(|((dg, du), ((g, u), d))| {
+                vectorised(|| {
+                    for i in 0..dg.len() {
+                        let s = 1.0 / (1.0 + exp(-g[i]));
+                        du[i] = d[i] * (g[i] * s);
+                        dg[i] = d[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
+                    }
+                })
+            });
+        Ok((CpuStorage::F32(out), (2, n).into()))
+    }
+}
+
+/// Per-row negative log-likelihood `-log_softmax(logits)[target]` of `(n, vocab)` logits and `n`
+/// u32 targets, as an `(n,)` tensor; the gradient reaches the logits.
+pub(crate) fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if fused_here(&[logits]) && targets.dtype() == DType::U32 {
+        return Ok(logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy)?);
+    }
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok(logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
+}
+
+/// `(max, sum(exp(x - max)))` of one row; `buf` (the row's length) receives `exp(x - max)`.
+#[inline(always)]
+fn log_sum_exp_parts(row: &[f32], buf: &mut [f32]) -> (f32, f32) {
+    let max = max_of(row);
+    for (b, x) in buf.iter_mut().zip(row) {
+        *b = exp(x - max);
+    }
+    (max, sum_of(buf))
+}
+
+fn u32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [u32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::U32(data), Some((start, end))) => Ok(&data[start..end]),
+        _ => candle_core::bail!("{op}: expects contiguous u32 targets"),
+    }
+}
+
+/// Checks `(n, vocab)` logits against `n` targets below `vocab`.
+fn rows_and_vocab(ll: &Layout, targets: &[u32], op: &str) -> candle_core::Result<(usize, usize)> {
+    let (n, vocab) = ll.shape().dims2()?;
+    if targets.len() != n {
+        candle_core::bail!("{op}: {n} rows of logits but {} targets", targets.len());
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("{op}: target {t} is outside the vocabulary of {vocab}");
+    }
+    Ok((n, vocab))
+}
+
+struct CrossEntropy;
+
+impl CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "train-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ts: &CpuStorage,
+        tl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, targets) = (f32_data(xs, xl, self.name())?, u32_data(ts, tl, self.name())?);
+        let (n, vocab) = rows_and_vocab(xl, targets, self.name())?;
+        let nll: Vec<f32> = x
+            .par_chunks(vocab)
+            .zip(targets.par_iter())
+            .map_init(
+                || vec![0f32; vocab],
+                |buf, (row, &t)| {
+                    let (max, sum) = vectorised(|| log_sum_exp_parts(row, buf));
+                    -((row[t as usize] - max) - sum.ln())
+                },
+            )
+            .collect();
+        Ok((CpuStorage::F32(nll), n.into()))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _nll: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(logits.apply_op3_no_bwd(targets, &grad.contiguous()?, &CrossEntropyGrad)?), None))
+    }
+}
+
+/// `d logits = grad_row * (softmax(row) - onehot(target))`.
+struct CrossEntropyGrad;
+
+impl CustomOp3 for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "train-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ts: &CpuStorage,
+        tl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, targets, grad) =
+            (f32_data(xs, xl, self.name())?, u32_data(ts, tl, self.name())?, f32_data(gs, gl, self.name())?);
+        let (_, vocab) = rows_and_vocab(xl, targets, self.name())?;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(vocab).zip(x.par_chunks(vocab)).zip(targets.par_iter().zip(grad.par_iter())).for_each(
+            |((dx, row), (&t, &g))| {
+                vectorised(|| {
+                    let (_, sum) = log_sum_exp_parts(row, dx);
+                    let scale = g / sum;
+                    dx.iter_mut().for_each(|d| *d *= scale);
+                });
+                dx[t as usize] -= g;
+            },
+        );
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Seeded inputs in [-2, 2).
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = crate::data::Rng::new(seed);
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| (rng.unit() * 4.0 - 2.0) as f32).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// Forward outputs and the gradients of a random linear function of them, fused vs composed.
+    fn compare(
+        inputs: &[Tensor],
+        fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+        composed: impl Fn(&[Tensor]) -> Result<Tensor>,
+    ) -> (f32, Vec<f32>) {
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let (yf, yc) = (fused(&ts).unwrap(), composed(&ts).unwrap());
+        let weights = rand(yf.dims(), 99);
+        let gf = (&yf * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (&yc * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = ts.iter().map(|t| max_diff(gf.get(t).unwrap(), gc.get(t).unwrap())).collect();
+        (max_diff(&yf, &yc), grads)
+    }
+
+    #[test]
+    fn fused_rms_norm_matches_the_composed_one_and_its_gradients() {
+        // 130 rows: three parallel tasks, the last one partial.
+        let (y, grads) = compare(
+            &[rand(&[2, 65, 48], 1), rand(&[48], 2)],
+            |t| rms_norm(&t[0], &t[1], 1e-6),
+            |t| rms_norm_composed(&t[0], &t[1], 1e-6),
+        );
+        assert!(y < 1e-5, "forward differs by {y}");
+        assert!(grads[0] < 1e-4 && grads[1] < 1e-3, "gradients differ by {grads:?}");
+    }
+
+    #[test]
+    fn fused_rope_matches_the_composed_one_and_its_gradient() {
+        let angles = rand(&[7, 4], 3);
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let (y, grads) =
+            compare(&[rand(&[2, 3, 7, 8], 4)], |t| rope(&t[0], &cos, &sin), |t| rope_composed(&t[0], &cos, &sin));
+        assert!(y < 1e-6, "forward differs by {y}");
+        assert!(grads[0] < 1e-6, "gradient differs by {grads:?}");
+    }
+
+    #[test]
+    fn fused_softmax_matches_the_composed_one_and_its_gradient_with_masked_keys() {
+        // A causal mask as the decoder adds it: f32::MIN on blocked keys.
+        let mask: Vec<f32> = (0..9 * 9).map(|i| if i % 9 > i / 9 { f32::MIN } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (9, 9), &Device::Cpu).unwrap();
+        let scores = rand(&[3, 2, 9, 9], 5).broadcast_add(&mask).unwrap();
+        let (y, grads) =
+            compare(&[scores], |t| softmax_last_dim(&t[0]), |t| Ok(candle_nn::ops::softmax(&t[0], D::Minus1)?));
+        assert!(y < 1e-6, "forward differs by {y}");
+        assert!(grads[0] < 1e-5, "gradient differs by {grads:?}");
+    }
+
+    #[test]
+    fn non_f32_inputs_take_the_composed_path() {
+        let x = rand(&[4, 8], 6).to_dtype(DType::BF16).unwrap();
+        let w = Tensor::ones(8, DType::BF16, &Device::Cpu).unwrap();
+        let y = rms_norm(&x, &w, 1e-6).unwrap();
+        assert_eq!(y.dtype(), DType::BF16);
+        let reference = rms_norm_composed(&x, &w, 1e-6).unwrap();
+        assert_eq!(max_diff(&y.to_dtype(DType::F32).unwrap(), &reference.to_dtype(DType::F32).unwrap()), 0.0);
+    }
+
+    #[test]
+    fn fused_swiglu_matches_the_composed_one_and_its_gradients() {
+        let (y, grads) = compare(
+            &[rand(&[3, 5, 40], 7), rand(&[3, 5, 40], 8)],
+            |t| swiglu(&t[0], &t[1]),
+            |t| Ok((t[0].silu()? * &t[1])?),
+        );
+        assert!(y < 1e-6, "forward differs by {y}");
+        assert!(grads[0] < 1e-5 && grads[1] < 1e-5, "gradients differ by {grads:?}");
+    }
+
+    #[test]
+    fn fast_exp_is_within_two_ulp_of_libm_over_the_whole_range() {
+        let mut worst = 0u32;
+        // Every 97th f32 bit pattern between -87.3 and 88.7 (about 22 million values).
+        let (lo, hi) = (-87.33f32, 88.37f32);
+        let mut bits = lo.to_bits();
+        loop {
+            let x = f32::from_bits(bits);
+            if x >= hi {
+                break;
+            }
+            let (got, want) = (exp(x), x.exp());
+            worst = worst.max(got.to_bits().abs_diff(want.to_bits()));
+            // Negative floats count down in bits towards -0, then up from +0.
+            bits = if x < 0.0 { bits.saturating_sub(97).max(0x8000_0000) } else { bits + 97 };
+            if bits == 0x8000_0000 {
+                bits = 0;
+            }
+        }
+        assert!(worst <= 2, "fast exp is {worst} ulp away from libm");
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(f32::MIN), 0.0);
+        assert_eq!(exp(100.0), f32::INFINITY);
+        assert!(exp(f32::NAN).is_nan());
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn fused_cross_entropy_matches_log_softmax_and_gather() {
+        let targets = Tensor::new(&[3u32, 0, 9, 9, 5], &Device::Cpu).unwrap();
+        let composed = |t: &[Tensor]| -> Result<Tensor> {
+            let logp = candle_nn::ops::log_softmax(&t[0], D::Minus1)?;
+            Ok(logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
+        };
+        let (y, grads) = compare(&[(rand(&[5, 10], 9) * 4.0).unwrap()], |t| cross_entropy(&t[0], &targets), composed);
+        assert!(y < 1e-5, "forward differs by {y}");
+        assert!(grads[0] < 1e-6, "gradient differs by {grads:?}");
+    }
+
+    #[test]
+    fn cross_entropy_names_a_target_outside_the_vocabulary() {
+        let logits = rand(&[2, 4], 10);
+        let err = cross_entropy(&logits, &Tensor::new(&[1u32, 4], &Device::Cpu).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("target 4 is outside the vocabulary of 4"), "{err}");
+    }
+}
