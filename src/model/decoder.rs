@@ -2,10 +2,12 @@
 //! (norm, rotary, linear, attention, MLP, layer, decoder), with named hook points.
 //!
 //! Two flavours of the same code: the inference decoder uses candle's fused kernels (RMSNorm,
-//! rotary embedding; a last-dim softmax from [`super::train_ops`] on the CPU; attention scores in the model's dtype, accumulated in
-//! f32 inside the kernels), while the training decoder uses ops that have a backward pass
-//! ([`super::train_ops`]: an f32 RMSNorm, rotate-half rotary embeddings and an f32 softmax, each
-//! fused on the CPU), because candle's fused kernels have no gradient.
+//! rotary embedding, softmax; attention scores in the model's dtype, accumulated in f32 inside
+//! the kernels), while the training decoder uses ops that have a backward pass
+//! ([`super::train_ops`]: an f32 RMSNorm, rotate-half rotary embeddings and an f32 softmax),
+//! because candle's fused kernels have no gradient. On the CPU in f32 both run attention as one
+//! op ([`super::fused_attention`]) and the training ops are fused too, each one pass forward and
+//! one backward.
 //! Parameter names are Hugging Face's, so `model.layers.3.mlp.down_proj.weight` in a checkpoint
 //! is `layers[3].mlp.down_proj.weight` here.
 
