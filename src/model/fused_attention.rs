@@ -7,7 +7,7 @@
 //! time. The backward pass recomputes the probabilities from `q` and `k` (as FlashAttention
 //! does) instead of keeping them, so training holds no score tensor between the passes.
 
-use super::train_ops::{exp, f32_data, max_of, sum_of, vectorised, with_f32_data};
+use super::train_ops::{dot_of, f32_data, softmax_rows, vectorised, with_f32_data};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -15,10 +15,12 @@ use rayon::prelude::*;
 /// `softmax(q k^T + mask) v` for `q` `(b, heads, t, hd)` (already scaled), `k` and `v`
 /// `(b, kv_heads, total, hd)` with `heads` a multiple of `kv_heads` (head `h` reads key/value
 /// head `h / (heads / kv_heads)`), and an additive `mask` `(1 or b, 1, t, total)`. Returns
-/// `(b, heads, t, hd)`, or `None` when the tensors are not CPU f32 (the caller then composes).
+/// `(b, heads, t, hd)`, or `None` when the tensors are not CPU f32 or are empty (the caller then
+/// composes).
 pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
     let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !(cpu_f32(q) && cpu_f32(k) && cpu_f32(v) && mask.is_none_or(cpu_f32)) {
+    let empty = q.elem_count() == 0 || k.elem_count() == 0;
+    if empty || !(cpu_f32(q) && cpu_f32(k) && cpu_f32(v) && mask.is_none_or(cpu_f32)) {
         return Ok(None);
     }
     let shape = Dims::of(q.dims(), k.dims(), v.dims(), mask.map(|m| m.dims()))?;
@@ -116,17 +118,16 @@ fn gemm(
 fn probabilities(d: &Dims, q: &[f32], k: &[f32], mask: Option<&[f32]>, p: &mut [f32]) {
     let (t, total, hd) = (d.t, d.total, d.hd);
     gemm((t, total, hd), p, total, false, q, (hd, 1), k, (1, hd));
-    vectorised(|| {
-        for (i, row) in p.chunks_exact_mut(total).enumerate() {
-            if let Some(mask) = mask {
-                row.iter_mut().zip(&mask[i * total..(i + 1) * total]).for_each(|(s, m)| *s += m);
-            }
-            let max = max_of(row);
-            row.iter_mut().for_each(|s| *s = exp(*s - max));
-            let inv = 1.0 / sum_of(row);
-            row.iter_mut().for_each(|s| *s *= inv);
-        }
-    });
+    vectorised(|| softmax_rows(p, total, mask));
+}
+
+/// `ds = p * (dp - rowsum(p * dp))` in place of `dp`, per `n`-long row.
+#[inline(always)]
+fn softmax_grad_rows(dp: &mut [f32], p: &[f32], n: usize) {
+    for (ds, p) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
+        let dot = dot_of(p, ds);
+        ds.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot));
+    }
 }
 
 struct Attention {
@@ -248,12 +249,7 @@ impl CustomOp3 for AttentionGrad {
                                 gemm((d.total, d.hd, d.t), dv, d.hd, r > 0, p, (1, d.total), d_o, (d.hd, 1));
                                 // dp = d_o v^T, then ds = p * (dp - rowsum(p * dp)) in place
                                 gemm((d.t, d.total, d.hd), dp, d.total, false, d_o, (d.hd, 1), v, (1, d.hd));
-                                vectorised(|| {
-                                    for (p, ds) in p.chunks_exact(d.total).zip(dp.chunks_exact_mut(d.total)) {
-                                        let dot: f32 = p.iter().zip(ds.iter()).map(|(p, g)| p * g).sum();
-                                        ds.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot));
-                                    }
-                                });
+                                vectorised(|| softmax_grad_rows(dp, p, d.total));
                                 // dq = ds k; dk += ds^T q
                                 gemm((d.t, d.hd, d.total), dq, d.hd, false, dp, (d.total, 1), k, (d.hd, 1));
                                 gemm((d.total, d.hd, d.t), dk, d.hd, r > 0, dp, (1, d.total), q, (d.hd, 1));

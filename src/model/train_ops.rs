@@ -16,8 +16,9 @@ const ROWS_PER_TASK: usize = 64;
 /// `e^x` in f32 without a libm call, so that loops over it vectorise: Cephes' `expf` range
 /// reduction (`x = n ln2 + r`, `|r| <= ln2 / 2`) and degree-6 polynomial, scaled by `2^n` through
 /// the exponent bits. Within 2 ulp of `f32::exp` on normal results (the unit test checks the whole
-/// range); 0 below -87.33 (where `f32::exp` gives a subnormal), infinity above 88.37 (`f32::exp`
-/// overflows at 88.72: neither matters for softmax, where `x <= 0`, or silu), NaN for NaN.
+/// range); 0 below -87.33 (`f32::exp` is subnormal below -87.34), infinity above 88.37
+/// (`f32::exp` overflows at 88.72): neither matters for softmax, where `x <= 0`, or silu. NaN for
+/// NaN.
 #[inline(always)]
 pub(super) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -102,7 +103,7 @@ pub(super) fn with_f32_data<T>(
 /// Called on a `(.., d)` input `x` and a `(d,)` weight; gradients reach both.
 pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if fused_here(&[x, weight]) {
-        return Ok(x.contiguous()?.apply_op2(weight, RmsNorm { eps: eps as f32 })?);
+        return Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 })?);
     }
     rms_norm_composed(x, weight, eps)
 }
@@ -314,6 +315,36 @@ pub(super) fn sum_of(x: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail.iter().sum::<f32>()
 }
 
+/// In-place softmax of each `n`-long row of `rows`, after adding the same-shaped additive `mask`
+/// if there is one. `#[inline(always)]` here and in the other kernels, so that their bodies are
+/// compiled inside [`vectorised`]'s AVX functions rather than called from them.
+#[inline(always)]
+pub(super) fn softmax_rows(rows: &mut [f32], n: usize, mask: Option<&[f32]>) {
+    for (i, row) in rows.chunks_exact_mut(n).enumerate() {
+        if let Some(mask) = mask {
+            row.iter_mut().zip(&mask[i * n..(i + 1) * n]).for_each(|(s, m)| *s += m);
+        }
+        let max = max_of(row);
+        row.iter_mut().for_each(|s| *s = exp(*s - max));
+        let inv = 1.0 / sum_of(row);
+        row.iter_mut().for_each(|s| *s *= inv);
+    }
+}
+
+/// `sum(a * b)`, in 16 lanes.
+#[inline(always)]
+pub(super) fn dot_of(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for ((l, x), y) in lanes.iter_mut().zip(x).zip(y) {
+            *l += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// Softmax over the last dimension, in both decoders.
 pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if fused_here(&[x]) {
@@ -336,19 +367,8 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_data(xs, xl, self.name())?;
         let n = xl.dims().last().copied().unwrap_or(1).max(1);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(ROWS_PER_TASK * n).zip(x.par_chunks(ROWS_PER_TASK * n)).for_each(|(y, x)| {
-            vectorised(|| {
-                for (y, x) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                    let max = max_of(x);
-                    for (y, x) in y.iter_mut().zip(x) {
-                        *y = exp(x - max);
-                    }
-                    let inv = 1.0 / sum_of(y);
-                    y.iter_mut().for_each(|y| *y *= inv);
-                }
-            })
-        });
+        let mut y = x.to_vec();
+        y.par_chunks_mut(ROWS_PER_TASK * n).for_each(|rows| vectorised(|| softmax_rows(rows, n, None)));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -401,10 +421,22 @@ pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Ok((gate.silu()? * up)?)
 }
 
-/// `x * sigmoid(x)`.
+/// `y = silu(gate) * up`.
 #[inline(always)]
-fn silu(x: f32) -> f32 {
-    x / (1.0 + exp(-x))
+fn swiglu_into(y: &mut [f32], gate: &[f32], up: &[f32]) {
+    for ((y, g), u) in y.iter_mut().zip(gate).zip(up) {
+        *y = g / (1.0 + exp(-g)) * u;
+    }
+}
+
+/// The gradients of [`swiglu_into`] for the output gradient `d`.
+#[inline(always)]
+fn swiglu_grad_into(d_gate: &mut [f32], d_up: &mut [f32], gate: &[f32], up: &[f32], d: &[f32]) {
+    for i in 0..d_gate.len() {
+        let s = 1.0 / (1.0 + exp(-gate[i]));
+        d_up[i] = d[i] * (gate[i] * s);
+        d_gate[i] = d[i] * up[i] * (s * (1.0 + gate[i] * (1.0 - s)));
+    }
 }
 
 struct SwiGlu;
@@ -424,13 +456,10 @@ impl CustomOp2 for SwiGlu {
         let (gate, up) = (f32_data(gs, gl, self.name())?, f32_data(us, ul, self.name())?);
         let mut y = vec![0f32; gate.len()];
         const CHUNK: usize = 1 << 14;
-        y.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK)).zip(up.par_chunks(CHUNK)).for_each(|((y, g), u)| {
-            vectorised(|| {
-                for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
-                    *y = silu(*g) * u;
-                }
-            })
-        });
+        y.par_chunks_mut(CHUNK)
+            .zip(gate.par_chunks(CHUNK))
+            .zip(up.par_chunks(CHUNK))
+            .for_each(|((y, g), u)| vectorised(|| swiglu_into(y, g, u)));
         Ok((CpuStorage::F32(y), gl.shape().clone()))
     }
 
@@ -474,15 +503,7 @@ impl CustomOp3 for SwiGluGrad {
             .par_chunks_mut(CHUNK)
             .zip(d_up.par_chunks_mut(CHUNK))
             .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)).zip(grad.par_chunks(CHUNK)))
-            .for_each(|((dg, du), ((g, u), d))| {
-                vectorised(|| {
-                    for i in 0..dg.len() {
-                        let s = 1.0 / (1.0 + exp(-g[i]));
-                        du[i] = d[i] * (g[i] * s);
-                        dg[i] = d[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
-                    }
-                })
-            });
+            .for_each(|((dg, du), ((g, u), d))| vectorised(|| swiglu_grad_into(dg, du, g, u, d)));
         Ok((CpuStorage::F32(out), (2, n).into()))
     }
 }
@@ -505,6 +526,14 @@ fn log_sum_exp_parts(row: &[f32], buf: &mut [f32]) -> (f32, f32) {
         *b = exp(x - max);
     }
     (max, sum_of(buf))
+}
+
+/// `dx = g * softmax(row)`.
+#[inline(always)]
+fn scaled_softmax_into(dx: &mut [f32], row: &[f32], g: f32) {
+    let (_, sum) = log_sum_exp_parts(row, dx);
+    let scale = g / sum;
+    dx.iter_mut().for_each(|d| *d *= scale);
 }
 
 fn u32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [u32]> {
@@ -590,11 +619,7 @@ impl CustomOp3 for CrossEntropyGrad {
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(vocab).zip(x.par_chunks(vocab)).zip(targets.par_iter().zip(grad.par_iter())).for_each(
             |((dx, row), (&t, &g))| {
-                vectorised(|| {
-                    let (_, sum) = log_sum_exp_parts(row, dx);
-                    let scale = g / sum;
-                    dx.iter_mut().for_each(|d| *d *= scale);
-                });
+                vectorised(|| scaled_softmax_into(dx, row, g));
                 dx[t as usize] -= g;
             },
         );

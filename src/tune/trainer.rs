@@ -414,7 +414,8 @@ pub struct StepOutcome {
 
 impl TrainStep {
     /// Makes the plan's parameters trainable (all of them, or all adapters with LoRA, when
-    /// `cfg.groups` is empty) and sets up the optimizer.
+    /// `cfg.groups` is empty; any others the model had trainable become frozen) and sets up the
+    /// optimizer.
     ///
     /// ```
     /// # use secure_tuning::{Model, data::Record, tune::{encode_examples, TrainConfig, TrainStep}};
@@ -449,8 +450,11 @@ impl TrainStep {
                 group_of.insert(p.clone(), gi);
             }
         }
-        // Frozen (scale 0) parameters never become Vars, so they cannot change.
+        // Frozen (scale 0) parameters never become Vars, so they cannot change. Vars left from an
+        // earlier training are made again, here: in an evcxr notebook they may come from another
+        // cell, whose tensor ids count from a different counter (see `Model`'s training decoder).
         let trainable: Vec<String> = scale.iter().filter(|(_, &s)| s > 0.0).map(|(n, _)| n.clone()).collect();
+        model.freeze_all()?;
         let vars = model.make_trainable(&trainable)?;
         let opt = AdamW::new(&vars, AdamWParams { weight_decay: cfg.weight_decay, ..Default::default() })?;
         Ok(TrainStep { vars, opt, groups, scale, start_of, group_of, clip_norm: cfg.clip_norm })
