@@ -118,15 +118,16 @@ fn gemm(
 fn probabilities(d: &Dims, q: &[f32], k: &[f32], mask: Option<&[f32]>, p: &mut [f32]) {
     let (t, total, hd) = (d.t, d.total, d.hd);
     gemm((t, total, hd), p, total, false, q, (hd, 1), k, (1, hd));
-    vectorised(|| softmax_rows(p, total, mask));
+    softmax_rows(p, total, mask);
 }
 
-/// `ds = p * (dp - rowsum(p * dp))` in place of `dp`, per `n`-long row.
-#[inline(always)]
-fn softmax_grad_rows(dp: &mut [f32], p: &[f32], n: usize) {
-    for (ds, p) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
-        let dot = dot_of(p, ds);
-        ds.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot));
+vectorised! {
+    /// `ds = p * (dp - rowsum(p * dp))` in place of `dp`, per `n`-long row.
+    fn softmax_grad_rows(dp: &mut [f32], p: &[f32], n: usize) {
+        for (ds, p) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
+            let dot = dot_of(p, ds);
+            ds.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot));
+        }
     }
 }
 
@@ -249,7 +250,7 @@ impl CustomOp3 for AttentionGrad {
                                 gemm((d.total, d.hd, d.t), dv, d.hd, r > 0, p, (1, d.total), d_o, (d.hd, 1));
                                 // dp = d_o v^T, then ds = p * (dp - rowsum(p * dp)) in place
                                 gemm((d.t, d.total, d.hd), dp, d.total, false, d_o, (d.hd, 1), v, (1, d.hd));
-                                vectorised(|| softmax_grad_rows(dp, p, d.total));
+                                softmax_grad_rows(dp, p, d.total);
                                 // dq = ds k; dk += ds^T q
                                 gemm((d.t, d.hd, d.total), dq, d.hd, false, dp, (d.total, 1), k, (d.hd, 1));
                                 gemm((d.total, d.hd, d.t), dk, d.hd, r > 0, dp, (1, d.total), q, (d.hd, 1));

@@ -47,31 +47,41 @@ pub(super) fn exp(x: f32) -> f32 {
     }
 }
 
-/// Runs `f` compiled for the best vector unit this x86 CPU has (AVX-512 or AVX2 + FMA), so the
-/// loops inside it use 16 or 8 lanes instead of the baseline's 4; elsewhere it just runs `f`.
-#[inline(always)]
-pub(super) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        fn avx512<R>(f: impl FnOnce() -> R) -> R {
-            f()
+/// Defines a kernel function that runs compiled for the best vector unit this x86 CPU has
+/// (AVX-512, or AVX2 + FMA), chosen at run time, so its loops use 16 or 8 lanes instead of the
+/// baseline's 4; elsewhere it runs the plain build. The body is an `#[inline(always)]` function
+/// called from each `#[target_feature]` copy, which is what makes the compiler build it with the
+/// copy's features (a closure passed in was compiled once, without them, per a profile).
+macro_rules! vectorised {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn kernel($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    kernel($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    kernel($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features the function is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            kernel($($arg),*)
         }
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { avx512(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { avx2(f) };
-        }
-    }
-    f()
+    };
 }
+pub(super) use vectorised;
 
 /// Whether the fused CPU kernels apply to these tensors.
 fn fused_here(tensors: &[&Tensor]) -> bool {
@@ -315,19 +325,19 @@ pub(super) fn sum_of(x: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail.iter().sum::<f32>()
 }
 
-/// In-place softmax of each `n`-long row of `rows`, after adding the same-shaped additive `mask`
-/// if there is one. `#[inline(always)]` here and in the other kernels, so that their bodies are
-/// compiled inside [`vectorised`]'s AVX functions rather than called from them.
-#[inline(always)]
-pub(super) fn softmax_rows(rows: &mut [f32], n: usize, mask: Option<&[f32]>) {
-    for (i, row) in rows.chunks_exact_mut(n).enumerate() {
-        if let Some(mask) = mask {
-            row.iter_mut().zip(&mask[i * n..(i + 1) * n]).for_each(|(s, m)| *s += m);
+vectorised! {
+    /// In-place softmax of each `n`-long row of `rows`, after adding the same-shaped additive
+    /// `mask` if there is one.
+    pub(super) fn softmax_rows(rows: &mut [f32], n: usize, mask: Option<&[f32]>) {
+        for (i, row) in rows.chunks_exact_mut(n).enumerate() {
+            if let Some(mask) = mask {
+                row.iter_mut().zip(&mask[i * n..(i + 1) * n]).for_each(|(s, m)| *s += m);
+            }
+            let max = max_of(row);
+            row.iter_mut().for_each(|s| *s = exp(*s - max));
+            let inv = 1.0 / sum_of(row);
+            row.iter_mut().for_each(|s| *s *= inv);
         }
-        let max = max_of(row);
-        row.iter_mut().for_each(|s| *s = exp(*s - max));
-        let inv = 1.0 / sum_of(row);
-        row.iter_mut().for_each(|s| *s *= inv);
     }
 }
 
@@ -368,7 +378,7 @@ impl CustomOp1 for Softmax {
         let x = f32_data(xs, xl, self.name())?;
         let n = xl.dims().last().copied().unwrap_or(1).max(1);
         let mut y = x.to_vec();
-        y.par_chunks_mut(ROWS_PER_TASK * n).for_each(|rows| vectorised(|| softmax_rows(rows, n, None)));
+        y.par_chunks_mut(ROWS_PER_TASK * n).for_each(|rows| softmax_rows(rows, n, None));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -421,21 +431,23 @@ pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Ok((gate.silu()? * up)?)
 }
 
-/// `y = silu(gate) * up`.
-#[inline(always)]
-fn swiglu_into(y: &mut [f32], gate: &[f32], up: &[f32]) {
-    for ((y, g), u) in y.iter_mut().zip(gate).zip(up) {
-        *y = g / (1.0 + exp(-g)) * u;
+vectorised! {
+    /// `y = silu(gate) * up`.
+    fn swiglu_into(y: &mut [f32], gate: &[f32], up: &[f32]) {
+        for ((y, g), u) in y.iter_mut().zip(gate).zip(up) {
+            *y = g / (1.0 + exp(-g)) * u;
+        }
     }
 }
 
-/// The gradients of [`swiglu_into`] for the output gradient `d`.
-#[inline(always)]
-fn swiglu_grad_into(d_gate: &mut [f32], d_up: &mut [f32], gate: &[f32], up: &[f32], d: &[f32]) {
-    for i in 0..d_gate.len() {
-        let s = 1.0 / (1.0 + exp(-gate[i]));
-        d_up[i] = d[i] * (gate[i] * s);
-        d_gate[i] = d[i] * up[i] * (s * (1.0 + gate[i] * (1.0 - s)));
+vectorised! {
+    /// The gradients of [`swiglu_into`] for the output gradient `d`.
+    fn swiglu_grad_into(d_gate: &mut [f32], d_up: &mut [f32], gate: &[f32], up: &[f32], d: &[f32]) {
+        for i in 0..d_gate.len() {
+            let s = 1.0 / (1.0 + exp(-gate[i]));
+            d_up[i] = d[i] * (gate[i] * s);
+            d_gate[i] = d[i] * up[i] * (s * (1.0 + gate[i] * (1.0 - s)));
+        }
     }
 }
 
@@ -459,7 +471,7 @@ impl CustomOp2 for SwiGlu {
         y.par_chunks_mut(CHUNK)
             .zip(gate.par_chunks(CHUNK))
             .zip(up.par_chunks(CHUNK))
-            .for_each(|((y, g), u)| vectorised(|| swiglu_into(y, g, u)));
+            .for_each(|((y, g), u)| swiglu_into(y, g, u));
         Ok((CpuStorage::F32(y), gl.shape().clone()))
     }
 
@@ -503,7 +515,7 @@ impl CustomOp3 for SwiGluGrad {
             .par_chunks_mut(CHUNK)
             .zip(d_up.par_chunks_mut(CHUNK))
             .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)).zip(grad.par_chunks(CHUNK)))
-            .for_each(|((dg, du), ((g, u), d))| vectorised(|| swiglu_grad_into(dg, du, g, u, d)));
+            .for_each(|((dg, du), ((g, u), d))| swiglu_grad_into(dg, du, g, u, d));
         Ok((CpuStorage::F32(out), (2, n).into()))
     }
 }
@@ -528,12 +540,20 @@ fn log_sum_exp_parts(row: &[f32], buf: &mut [f32]) -> (f32, f32) {
     (max, sum_of(buf))
 }
 
-/// `dx = g * softmax(row)`.
-#[inline(always)]
-fn scaled_softmax_into(dx: &mut [f32], row: &[f32], g: f32) {
-    let (_, sum) = log_sum_exp_parts(row, dx);
-    let scale = g / sum;
-    dx.iter_mut().for_each(|d| *d *= scale);
+vectorised! {
+    /// `dx = g * softmax(row)`.
+    fn scaled_softmax_into(dx: &mut [f32], row: &[f32], g: f32) {
+        let (_, sum) = log_sum_exp_parts(row, dx);
+        let scale = g / sum;
+        dx.iter_mut().for_each(|d| *d *= scale);
+    }
+}
+
+vectorised! {
+    /// [`log_sum_exp_parts`] on its own (the cross-entropy's forward pass).
+    fn log_sum_exp_parts_vectorised(row: &[f32], buf: &mut [f32]) -> (f32, f32) {
+        log_sum_exp_parts(row, buf)
+    }
 }
 
 fn u32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [u32]> {
@@ -577,7 +597,7 @@ impl CustomOp2 for CrossEntropy {
             .map_init(
                 || vec![0f32; vocab],
                 |buf, (row, &t)| {
-                    let (max, sum) = vectorised(|| log_sum_exp_parts(row, buf));
+                    let (max, sum) = log_sum_exp_parts_vectorised(row, buf);
                     -((row[t as usize] - max) - sum.ln())
                 },
             )
@@ -619,7 +639,7 @@ impl CustomOp3 for CrossEntropyGrad {
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(vocab).zip(x.par_chunks(vocab)).zip(targets.par_iter().zip(grad.par_iter())).for_each(
             |((dx, row), (&t, &g))| {
-                vectorised(|| scaled_softmax_into(dx, row, g));
+                scaled_softmax_into(dx, row, g);
                 dx[t as usize] -= g;
             },
         );
