@@ -4,7 +4,7 @@
 //! Two flavours of the same code: the inference decoder uses candle's fused kernels (RMSNorm,
 //! rotary embedding, softmax; attention scores in the model's dtype, accumulated in f32 inside
 //! the kernels), while the training decoder uses ops that have a backward pass
-//! ([`super::train_ops`]: an f32 RMSNorm, rotate-half rotary embeddings and an f32 softmax),
+//! ([`super::train_ops`]: an f32 RMSNorm and rotate-half rotary embeddings; an f32 softmax),
 //! because candle's fused kernels have no gradient. On the CPU in f32 both run attention as one
 //! op ([`super::fused_attention`]) and the training ops are fused too, each one pass forward and
 //! one backward.
@@ -17,7 +17,7 @@ use super::modules::{ModuleId, ModuleKind};
 use super::weights::WeightSource;
 use super::{fused_attention, train_ops};
 use crate::error::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 
 /// `y = x @ weight.t() + bias (+ scale * x @ A.t() @ B.t())`, for inputs `(b, t, in)` or
 /// `(n, in)`; the LoRA term only when the module has adapters.
@@ -354,7 +354,7 @@ impl Attention {
                 Some(mask) => scores.broadcast_add(&in_dtype(mask, scores.dtype())?)?,
                 None => scores,
             };
-            train_ops::softmax_last_dim(&scores)?
+            candle_nn::ops::softmax_last_dim(&scores)?
         } else {
             // Scores and softmax in f32, as HF's eager attention does.
             let scores = scores.to_dtype(DType::F32)?;
@@ -362,7 +362,7 @@ impl Attention {
                 Some(mask) => scores.broadcast_add(mask)?,
                 None => scores,
             };
-            train_ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?
+            candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?
         };
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.num_heads * hd))?;
         Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?))

@@ -7,9 +7,9 @@
 //! time. The backward pass recomputes the probabilities from `q` and `k` (as FlashAttention
 //! does) instead of keeping them, so training holds no score tensor between the passes.
 
-use super::train_ops::{dot_of, f32_data, softmax_rows, vectorised, with_f32_data};
+use super::train_ops::{dot_of, f32_data, fused_here, softmax_rows, vectorised, with_f32_data};
 use crate::error::Result;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `softmax(q k^T + mask) v` for `q` `(b, heads, t, hd)` (already scaled), `k` and `v`
@@ -18,9 +18,8 @@ use rayon::prelude::*;
 /// `(b, heads, t, hd)`, or `None` when the tensors are not CPU f32 or are empty (the caller then
 /// composes).
 pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     let empty = q.elem_count() == 0 || k.elem_count() == 0;
-    if empty || !(cpu_f32(q) && cpu_f32(k) && cpu_f32(v) && mask.is_none_or(cpu_f32)) {
+    if empty || !(fused_here(&[q, k, v]) && mask.is_none_or(|m| fused_here(&[m]))) {
         return Ok(None);
     }
     let shape = Dims::of(q.dims(), k.dims(), v.dims(), mask.map(|m| m.dims()))?;
@@ -267,18 +266,13 @@ impl CustomOp3 for AttentionGrad {
 
 #[cfg(test)]
 mod tests {
+    use super::super::train_ops::test_inputs::{max_diff, uniform};
     use super::*;
-    use candle_core::{Device, Var, D};
+    use candle_core::{DType, Device, Var, D};
 
+    /// Seeded inputs in [-1, 1).
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let mut rng = crate::data::Rng::new(seed);
-        let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| (rng.unit() * 2.0 - 1.0) as f32).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+        uniform(shape, seed, 1.0)
     }
 
     /// The decoder's composed attention: repeat key/value heads, matmul, mask, softmax, matmul.

@@ -1,5 +1,6 @@
-//! Differentiable fused ops for training: the training decoder's RMSNorm, rotary embedding and
-//! attention softmax, the SwiGLU activation (both decoders) and the loss's cross-entropy. On the
+//! Differentiable fused ops for training: the training decoder's RMSNorm and rotary embedding,
+//! the SwiGLU activation (both decoders) and the loss's cross-entropy, and the SIMD kernels the
+//! fused attention ([`super::fused_attention`]) shares with them. On the
 //! CPU in f32 each is a single pass forward and one backward: written with differentiable tensor
 //! ops the same maths takes 2-7 ops forward and about twice as many backward, each with its own
 //! allocation and thread hand-off, which is where a small model's training step spends most of
@@ -84,7 +85,7 @@ macro_rules! vectorised {
 pub(super) use vectorised;
 
 /// Whether the fused CPU kernels apply to these tensors.
-fn fused_here(tensors: &[&Tensor]) -> bool {
+pub(super) fn fused_here(tensors: &[&Tensor]) -> bool {
     tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
@@ -355,74 +356,6 @@ pub(super) fn dot_of(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// Softmax over the last dimension, in both decoders.
-pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if fused_here(&[x]) {
-        return Ok(x.contiguous()?.apply_op1(Softmax)?);
-    }
-    if x.track_op() {
-        return Ok(candle_nn::ops::softmax(x, D::Minus1)?);
-    }
-    // No gradient needed: candle's fused kernel (GPU, half precision).
-    Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
-}
-
-struct Softmax;
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "train-softmax"
-    }
-
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(xs, xl, self.name())?;
-        let n = xl.dims().last().copied().unwrap_or(1).max(1);
-        let mut y = x.to_vec();
-        y.par_chunks_mut(ROWS_PER_TASK * n).for_each(|rows| softmax_rows(rows, n, None));
-        Ok((CpuStorage::F32(y), xl.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(y, &SoftmaxGrad)?))
-    }
-}
-
-/// `dx = y * (grad - sum(grad * y))` per row.
-struct SoftmaxGrad;
-
-impl CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "train-softmax-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        gs: &CpuStorage,
-        gl: &Layout,
-        ys: &CpuStorage,
-        yl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (g, y) = (f32_data(gs, gl, self.name())?, f32_data(ys, yl, self.name())?);
-        if g.len() != y.len() {
-            candle_core::bail!("train-softmax-grad: gradient {:?} and output {:?} disagree", gl.dims(), yl.dims());
-        }
-        let n = yl.dims().last().copied().unwrap_or(1).max(1);
-        let mut dx = vec![0f32; g.len()];
-        dx.par_chunks_mut(ROWS_PER_TASK * n)
-            .zip(g.par_chunks(ROWS_PER_TASK * n))
-            .zip(y.par_chunks(ROWS_PER_TASK * n))
-            .for_each(|((dx, g), y)| {
-                for ((dx, g), y) in dx.chunks_exact_mut(n).zip(g.chunks_exact(n)).zip(y.chunks_exact(n)) {
-                    let dot: f32 = g.iter().zip(y).map(|(g, y)| g * y).sum();
-                    for i in 0..n {
-                        dx[i] = y[i] * (g[i] - dot);
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(dx), yl.shape().clone()))
-    }
-}
-
 /// `silu(gate) * up`, the SwiGLU MLP's activation; gradients reach both.
 pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if fused_here(&[gate, up]) && gate.shape() == up.shape() {
@@ -647,21 +580,34 @@ impl CustomOp3 for CrossEntropyGrad {
     }
 }
 
+/// Inputs and comparisons for the fused ops' tests (here and in [`super::fused_attention`]).
+#[cfg(test)]
+pub(super) mod test_inputs {
+    use candle_core::{Device, Tensor};
+
+    /// Seeded inputs, uniform in `[-half_width, half_width)`.
+    pub fn uniform(shape: &[usize], seed: u64, half_width: f64) -> Tensor {
+        let mut rng = crate::data::Rng::new(seed);
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| ((rng.unit() * 2.0 - 1.0) * half_width) as f32).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The largest absolute elementwise difference.
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_inputs::{max_diff, uniform};
     use super::*;
     use candle_core::{Device, Var};
 
     /// Seeded inputs in [-2, 2).
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let mut rng = crate::data::Rng::new(seed);
-        let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| (rng.unit() * 4.0 - 2.0) as f32).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+        uniform(shape, seed, 2.0)
     }
 
     /// Forward outputs and the gradients of a random linear function of them, fused vs composed.
@@ -700,18 +646,6 @@ mod tests {
             compare(&[rand(&[2, 3, 7, 8], 4)], |t| rope(&t[0], &cos, &sin), |t| rope_composed(&t[0], &cos, &sin));
         assert!(y < 1e-6, "forward differs by {y}");
         assert!(grads[0] < 1e-6, "gradient differs by {grads:?}");
-    }
-
-    #[test]
-    fn fused_softmax_matches_the_composed_one_and_its_gradient_with_masked_keys() {
-        // A causal mask as the decoder adds it: f32::MIN on blocked keys.
-        let mask: Vec<f32> = (0..9 * 9).map(|i| if i % 9 > i / 9 { f32::MIN } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, (9, 9), &Device::Cpu).unwrap();
-        let scores = rand(&[3, 2, 9, 9], 5).broadcast_add(&mask).unwrap();
-        let (y, grads) =
-            compare(&[scores], |t| softmax_last_dim(&t[0]), |t| Ok(candle_nn::ops::softmax(&t[0], D::Minus1)?));
-        assert!(y < 1e-6, "forward differs by {y}");
-        assert!(grads[0] < 1e-5, "gradient differs by {grads:?}");
     }
 
     #[test]
