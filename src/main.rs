@@ -21,6 +21,30 @@ use std::path::PathBuf;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_decommits`' place in mimalloc v3's `mi_option_t` (`mimalloc.h`), which
+/// the Rust bindings do not name.
+const MI_OPTION_PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
+
+/// Lets memory that tensors free be reused without the kernel zero-filling it again. A training
+/// step frees and allocates gigabytes (activations, every gradient). By default mimalloc purges
+/// freed memory by decommitting it, so each new touch page-faults and the kernel clears the
+/// page: a quarter of a qwen2.5-0.5b step's CPU time (docs/performance.md). With purges as resets
+/// (`MADV_FREE`) the pages stay mapped until the kernel needs the memory, so the process's
+/// resident size stays near its peak while nothing else asks for it. `MIMALLOC_PURGE_DECOMMITS`
+/// set in the environment still wins.
+fn reuse_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_some() {
+        return;
+    }
+    // SAFETY: mimalloc's option calls are thread-safe and take any option index. Reading first
+    // checks that index 5 holds a 0/1 flag at its default (1); otherwise it is left alone.
+    unsafe {
+        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DECOMMITS) == 1 {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DECOMMITS, 0);
+        }
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "secure-tuning", version, about = "Study and prevent the safety loss of benign fine-tuning")]
 struct Cli {
@@ -1147,6 +1171,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    reuse_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Forward(a) => forward(a),
