@@ -14,6 +14,7 @@ Run by the Rust side with the preset's config (see src/bench.rs); usable alone a
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -25,15 +26,17 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def timed(device, warmup, iters, fn):
-    """Mean milliseconds of fn() over iters runs after warmup runs, between device syncs."""
+    """Median milliseconds of fn() over iters runs after warmup runs, each ended by a device sync."""
     for _ in range(warmup):
         fn()
     sync(device)
-    start = time.perf_counter()
+    runs = []
     for _ in range(max(iters, 1)):
+        start = time.perf_counter()
         fn()
-    sync(device)
-    return (time.perf_counter() - start) * 1e3 / max(iters, 1)
+        sync(device)
+        runs.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(runs)
 
 
 def sync(device):

@@ -4,8 +4,9 @@
 //! in PyTorch + transformers live in `benches/torch_bench.py`; [`compare_with_torch`] runs it
 //! with the same shapes and puts both sides in one table.
 //!
-//! Timing: `warmup` untimed runs, then `iters` timed runs between two device synchronisations,
-//! so queued GPU work is counted. Results and the machine are in `docs/performance.md`.
+//! Timing: `warmup` untimed runs, then `iters` timed runs, each ended by a device
+//! synchronisation so queued GPU work is counted; a row is the median run, which a busy host's
+//! stray slow run does not move. Results and the machine are in `docs/performance.md`.
 
 use crate::error::{Error, Result};
 use crate::model::{Batch, Capture, Config, GenerateOptions, LoraConfig, Model, ModuleSet};
@@ -182,7 +183,7 @@ impl BenchConfig {
 pub struct BenchRow {
     /// Which workload ([`Workload::name`]).
     pub workload: String,
-    /// Milliseconds per run (mean over the timed runs).
+    /// Milliseconds per run (the median of the timed runs).
     pub ms: f64,
     /// Tokens per second (processed tokens; new tokens for generation).
     pub tokens_per_s: f64,
@@ -225,12 +226,25 @@ fn time_ms(dev: &Device, warmup: usize, iters: usize, mut f: impl FnMut() -> Res
         f()?;
     }
     dev.synchronize()?;
-    let start = Instant::now();
+    let mut runs = Vec::with_capacity(iters.max(1));
     for _ in 0..iters.max(1) {
+        let start = Instant::now();
         f()?;
+        dev.synchronize()?;
+        runs.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    dev.synchronize()?;
-    Ok(start.elapsed().as_secs_f64() * 1e3 / iters.max(1) as f64)
+    Ok(median(&mut runs))
+}
+
+/// The median of `xs` (the mean of the middle two for an even count); `xs` is not empty.
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    if xs.len() % 2 == 1 {
+        xs[mid]
+    } else {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    }
 }
 
 /// Deterministic token ids in `1..vocab`.
@@ -457,4 +471,16 @@ pub fn compare_with_torch(cfg: &BenchConfig, report: BenchReport, python: &str) 
         })
         .collect();
     Ok(Comparison { candle: report, torch: parsed.rows, torch_versions: parsed.versions, rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_is_the_middle_run_whatever_the_order() {
+        assert_eq!(median(&mut [30.0, 10.0, 200.0]), 30.0);
+        assert_eq!(median(&mut [40.0, 10.0, 20.0, 900.0]), 30.0);
+        assert_eq!(median(&mut [7.5]), 7.5);
+    }
 }
