@@ -21,8 +21,8 @@ use std::path::PathBuf;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_decommits`' place in mimalloc v3's `mi_option_t` (`mimalloc.h`), which
-/// the Rust bindings do not name.
+/// `mi_option_purge_decommits`' place in `mi_option_t` (`mimalloc.h`, the same in mimalloc v2
+/// and v3), which the Rust bindings do not name.
 const MI_OPTION_PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
 
 /// Lets memory that tensors free be reused without the kernel zero-filling it again. A training
