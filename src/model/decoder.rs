@@ -4,7 +4,7 @@
 //! Two flavours of the same code: the inference decoder uses candle's fused kernels (RMSNorm,
 //! rotary embedding, softmax; attention scores in the model's dtype, accumulated in f32 inside
 //! the kernels), while the training decoder uses ops that have a backward pass
-//! ([`super::train_ops`]: an f32 RMSNorm and rotate-half rotary embeddings; an f32 softmax),
+//! ([`super::train_ops`]: an f32 RMSNorm and rotate-half rotary embeddings; candle's f32 softmax),
 //! because candle's fused kernels have no gradient. On the CPU in f32 both run attention as one
 //! op ([`super::fused_attention`]) and the training ops are fused too, each one pass forward and
 //! one backward.
