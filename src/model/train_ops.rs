@@ -29,7 +29,8 @@ pub(super) fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.33, 88.37); // keeps n in -126..=127, a normal power of two
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let biased = xc * LOG2E + ROUND;
+    let n = biased - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_2e-3;
@@ -38,7 +39,11 @@ pub(super) fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scaled = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `biased`'s low mantissa bits hold the integer n (its bits are those of 1.5 * 2^23, plus n),
+    // so 2^n takes integer ops only: `n as i32` is a saturating conversion that the compiler
+    // does one lane at a time, which kept every loop over `exp` from vectorising.
+    let two_to_n = f32::from_bits(biased.to_bits().wrapping_add(127) << 23);
+    let scaled = y * two_to_n;
     if x < -87.33 {
         0.0
     } else if x > 88.37 {
