@@ -145,15 +145,23 @@ pub struct Activations {
 }
 
 impl Activations {
-    /// Stores `x` under `point` if the capture wants it, and passes `x` through.
-    pub(crate) fn keep(&mut self, capture: &Capture, point: HookPoint, x: Tensor) -> Tensor {
+    /// Stores `x`, a `(b * t, width)` tensor of the decoder's flat rows, under `point` as `(b,
+    /// t, width)` if the capture wants it, and passes `x` through.
+    pub(crate) fn keep(
+        &mut self,
+        capture: &Capture,
+        point: HookPoint,
+        x: Tensor,
+        (b, t): (usize, usize),
+    ) -> Result<Tensor> {
         if let HookPoint::ResidPost(l) = point {
             self.num_layers = self.num_layers.max(l + 1);
         }
         if capture.wants(&point) {
-            self.points.insert(point, x.clone());
+            let width = x.elem_count() / (b * t).max(1);
+            self.points.insert(point, x.reshape((b, t, width))?);
         }
-        x
+        Ok(x)
     }
 
     /// The tensor at `point`, or an error naming the point and how to capture it.

@@ -18,9 +18,10 @@ use super::weights::WeightSource;
 use super::{fused_attention, train_ops};
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor, D};
+use rayon::prelude::*;
 
-/// `y = x @ weight.t() + bias (+ scale * x @ A.t() @ B.t())`, for inputs `(b, t, in)` or
-/// `(n, in)`; the LoRA term only when the module has adapters.
+/// `y = x @ weight.t() + bias (+ scale * x @ A.t() @ B.t())` for inputs `(rows, in)`; the LoRA
+/// term only when the module has adapters.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -94,6 +95,67 @@ impl candle_core::CustomOp1 for FrozenMatmul {
     }
 }
 
+/// `x @ weight.t() + scale * (x @ a.t()) @ b.t()` for a frozen `weight` and a LoRA adapter's `a`
+/// `(r, in)` and `b` `(out, r)`, all CPU f32. Composed, this is five autograd nodes (the base
+/// projection, two matmuls, the scale, the add), each with a pass over its output and, in the
+/// backward pass, a zero-filled gradient and an add; here it is one, and the backward pass
+/// computes the three gradients directly.
+struct LoraMatmul {
+    weight: Tensor,
+    scale: f32,
+}
+
+impl candle_core::CustomOp3 for LoraMatmul {
+    fn name(&self) -> &'static str {
+        "lora-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        a: &candle_core::CpuStorage,
+        al: &candle_core::Layout,
+        b: &candle_core::CpuStorage,
+        bl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (w, wl) = self.weight.storage_and_layout();
+        let candle_core::Storage::Cpu(w) = &*w else {
+            candle_core::bail!("lora-matmul: the weight is not on the CPU");
+        };
+        let ((rows, in_dim), (out, rank)) = (xl.shape().dims2()?, bl.shape().dims2()?);
+        let y = x.matmul(w, (1, rows, out, in_dim), xl, &wl.transpose(0, 1)?)?;
+        let low = x.matmul(a, (1, rows, rank, in_dim), xl, &al.transpose(0, 1)?)?;
+        let low_l = candle_core::Layout::contiguous((rows, rank));
+        let up = low.matmul(b, (1, rows, out, rank), &low_l, &bl.transpose(0, 1)?)?;
+        let (candle_core::CpuStorage::F32(mut y), candle_core::CpuStorage::F32(up)) = (y, up) else {
+            candle_core::bail!("lora-matmul: expects f32 tensors");
+        };
+        let scale = self.scale;
+        y.par_chunks_mut(1 << 14).zip(up.par_chunks(1 << 14)).for_each(|(y, up)| {
+            y.iter_mut().zip(up).for_each(|(y, u)| *y += scale * u);
+        });
+        Ok((candle_core::CpuStorage::F32(y), (rows, out).into()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let low = x.matmul(&a.t()?)?; // (rows, r), recomputed: r is small
+        let d_low = (grad.matmul(b)? * self.scale as f64)?;
+        let db = (grad.t()?.matmul(&low)? * self.scale as f64)?;
+        let da = d_low.t()?.matmul(x)?;
+        let dx = (grad.matmul(&self.weight)? + d_low.matmul(a)?)?;
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
 /// A LoRA adapter: `a` is `(r, in)`, `b` is `(out, r)`, both f32.
 #[derive(Debug, Clone)]
 struct Adapter {
@@ -118,27 +180,25 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim;
         // One 2-D GEMM against the transposed view; no copy of the weight.
-        let x = x.reshape((rows, in_dim))?.contiguous()?;
-        let y = project(&x, &self.weight)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
+        let x = x.contiguous()?;
         let y = match &self.adapter {
+            // A frozen base on the CPU in f32: base and low-rank path as one autograd node.
+            Some(ad) if !self.weight.is_variable() && train_ops::fused_here(&[&x, &self.weight, &ad.a, &ad.b]) => {
+                let op = LoraMatmul { weight: self.weight.clone(), scale: ad.scale as f32 };
+                x.apply_op3(&ad.a, &ad.b, op)?
+            }
             // The low-rank path runs in the adapters' f32 and joins the base output's dtype.
             Some(ad) => {
                 let low = x.to_dtype(ad.a.dtype())?.matmul(&ad.a.t()?)?.matmul(&ad.b.t()?)?;
-                (y + (low * ad.scale)?.to_dtype(self.weight.dtype())?)?
+                (project(&x, &self.weight)? + (low * ad.scale)?.to_dtype(self.weight.dtype())?)?
             }
-            None => y,
+            None => project(&x, &self.weight)?,
         };
-        let mut out = dims;
-        *out.last_mut().expect("non-empty dims") = self.weight.dim(0)?;
-        Ok(y.reshape(out)?)
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
     }
 }
 
@@ -271,9 +331,17 @@ struct ForwardCtx<'a> {
     capture: &'a Capture,
     /// Use the fused (inference-only) kernels.
     fused: bool,
+    /// The batch's `(b, t)`. Hidden states flow as `(b * t, width)` rows: a reshape is a node of
+    /// the autograd graph, and its backward pass costs a zero-filled gradient and an add.
+    seq: (usize, usize),
 }
 
 impl ForwardCtx<'_> {
+    /// [`Activations::keep`] for this batch.
+    fn keep(&self, acts: &mut Activations, point: HookPoint, x: Tensor) -> Result<Tensor> {
+        acts.keep(self.capture, point, x, self.seq)
+    }
+
     fn mask(&self, window: Option<usize>) -> Option<&Tensor> {
         self.masks.iter().find(|(w, _)| *w == window).and_then(|(_, m)| m.as_ref())
     }
@@ -314,11 +382,19 @@ impl Attention {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         acts: &mut Activations,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
+        let (b, t) = ctx.seq;
         let hd = self.head_dim;
-        let q = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Q), self.q_proj.forward(x)?);
-        let k = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::K), self.k_proj.forward(x)?);
-        let v = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::V), self.v_proj.forward(x)?);
+        let q = ctx.keep(acts, HookPoint::module(layer, ModuleKind::Q), self.q_proj.forward(x)?)?;
+        let k = ctx.keep(acts, HookPoint::module(layer, ModuleKind::K), self.k_proj.forward(x)?)?;
+        let v = ctx.keep(acts, HookPoint::module(layer, ModuleKind::V), self.v_proj.forward(x)?)?;
+        if cache.is_none() {
+            // A fresh batch on the CPU in f32: rotary, scale and attention as one op on the rows.
+            let heads = (self.num_heads, self.num_kv_heads, hd);
+            let (angles, mask) = ((ctx.cos, ctx.sin), ctx.mask(window));
+            if let Some(y) = fused_attention::self_attention_rows(&q, &k, &v, angles, mask, ctx.seq, heads)? {
+                return ctx.keep(acts, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?);
+            }
+        }
         // The 1/sqrt(hd) scale goes on q, the small tensor, rather than on the scores.
         let q = (q.reshape((b, t, self.num_heads, hd))?.transpose(1, 2)?.contiguous()? * (hd as f64).powf(-0.5))?;
         let k = k.reshape((b, t, self.num_kv_heads, hd))?.transpose(1, 2)?.contiguous()?; // (b, kv, t, hd)
@@ -339,10 +415,10 @@ impl Attention {
             }
             None => (k, v),
         };
-        // One op on the CPU in f32 (both decoders); composed ops elsewhere.
+        // With a cache, one op on the CPU in f32 (both decoders); composed ops elsewhere.
         if let Some(y) = fused_attention::attention(&q, &k, &v, ctx.mask(window))? {
-            let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * hd))?;
-            return Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?));
+            let y = y.transpose(1, 2)?.reshape((b * t, self.num_heads * hd))?;
+            return ctx.keep(acts, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?);
         }
         let n_rep = self.num_heads / self.num_kv_heads;
         let k = candle_transformers::utils::repeat_kv(k, n_rep)?; // (b, heads, total, hd)
@@ -364,8 +440,8 @@ impl Attention {
             };
             candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?
         };
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.num_heads * hd))?;
-        Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?))
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, self.num_heads * hd))?;
+        ctx.keep(acts, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?)
     }
 }
 
@@ -388,10 +464,10 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, layer: usize, ctx: &ForwardCtx, acts: &mut Activations) -> Result<Tensor> {
-        let gate = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Gate), self.gate_proj.forward(x)?);
-        let up = acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Up), self.up_proj.forward(x)?);
+        let gate = ctx.keep(acts, HookPoint::module(layer, ModuleKind::Gate), self.gate_proj.forward(x)?)?;
+        let up = ctx.keep(acts, HookPoint::module(layer, ModuleKind::Up), self.up_proj.forward(x)?)?;
         let down = self.down_proj.forward(&train_ops::swiglu(&gate, &up)?)?;
-        Ok(acts.keep(ctx.capture, HookPoint::module(layer, ModuleKind::Down), down))
+        ctx.keep(acts, HookPoint::module(layer, ModuleKind::Down), down)
     }
 }
 
@@ -436,10 +512,10 @@ impl DecoderLayer {
             cache,
             acts,
         )?;
-        let attn = acts.keep(ctx.capture, HookPoint::AttnOut(layer), attn);
+        let attn = ctx.keep(acts, HookPoint::AttnOut(layer), attn)?;
         let x = (x + attn)?;
         let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x, ctx.fused)?, layer, ctx, acts)?;
-        let mlp = acts.keep(ctx.capture, HookPoint::MlpOut(layer), mlp);
+        let mlp = ctx.keep(acts, HookPoint::MlpOut(layer), mlp)?;
         Ok((x + mlp)?)
     }
 }
@@ -541,45 +617,36 @@ impl Decoder {
         let left_pad = cache.as_ref().map_or(&[][..], |c| c.left_pad.as_slice());
         let masks =
             windows.into_iter().map(|w| Ok((w, self.mask(batch, offset, w, left_pad)?))).collect::<Result<Vec<_>>>()?;
-        let ctx = ForwardCtx { cos: &cos, sin: &sin, masks: &masks, capture, fused: self.fused };
+        let ctx = ForwardCtx { cos: &cos, sin: &sin, masks: &masks, capture, fused: self.fused, seq: (b, t) };
         let mut acts = Activations::default();
-        let mut x =
-            self.embed_tokens.embedding(&batch.input_ids.flatten_all()?)?.reshape((b, t, self.cfg.hidden_size))?;
-        x = acts.keep(capture, HookPoint::Embed, x);
+        let x = self.embed_tokens.embedding(&batch.input_ids.flatten_all()?)?; // (b * t, d)
+        let mut x = ctx.keep(&mut acts, HookPoint::Embed, x)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             x = layer.forward(&x, l, &ctx, slot, &mut acts)?;
-            x = acts.keep(capture, HookPoint::ResidPost(l), x);
+            x = ctx.keep(&mut acts, HookPoint::ResidPost(l), x)?;
         }
-        let x = acts.keep(capture, HookPoint::FinalNorm, self.norm.forward(&x, self.fused)?);
+        let x = ctx.keep(&mut acts, HookPoint::FinalNorm, self.norm.forward(&x, self.fused)?)?;
         acts.logits = match &capture.logits {
             LogitsMode::None => None,
-            LogitsMode::All => Some(self.head(&x)?),
+            LogitsMode::All => Some(self.head(&x)?.reshape((b, t, self.cfg.vocab_size))?),
             LogitsMode::Last => {
-                let rows = batch
-                    .lengths
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &len)| x.get(i)?.get(len - 1))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Some(self.head(&Tensor::stack(&rows, 0)?)?) // (b, vocab)
+                let rows: Vec<u32> =
+                    batch.lengths.iter().enumerate().map(|(i, &len)| (i * t + len - 1) as u32).collect();
+                let index = Tensor::new(rows.as_slice(), dev)?;
+                Some(self.head(&x.index_select(&index, 0)?)?) // (b, vocab)
             }
             LogitsMode::Rows(rows) => {
                 let index = Tensor::new(rows.as_slice(), dev)?;
-                let flat = x.reshape((b * t, self.cfg.hidden_size))?;
-                Some(self.head(&flat.index_select(&index, 0)?)?) // (n, vocab)
+                Some(self.head(&x.index_select(&index, 0)?)?) // (n, vocab)
             }
         };
         Ok(acts)
     }
 
+    /// The LM head's logits `(rows, vocab)` of the hidden rows `x` `(rows, d)`.
     fn head(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let d = dims[dims.len() - 1];
-        let y = project(&x.reshape((x.elem_count() / d, d))?.contiguous()?, &self.lm_head)?;
-        let mut out = dims;
-        *out.last_mut().expect("non-empty dims") = self.cfg.vocab_size;
-        Ok(y.reshape(out)?)
+        project(&x.contiguous()?, &self.lm_head)
     }
 
     /// Additive f32 mask (0 = attend, `f32::MIN` = blocked), or `None` when no position needs
@@ -638,4 +705,35 @@ pub(crate) fn module_param_names(m: &ModuleId, cfg: &Config) -> Vec<String> {
         names.push(m.bias_name());
     }
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::train_ops::test_inputs::{max_diff, uniform};
+    use super::*;
+    use candle_core::Var;
+
+    #[test]
+    fn fused_lora_projection_matches_the_composed_one_and_its_gradients() {
+        let w = uniform(&[24, 16], 1, 0.5); // frozen: a plain tensor
+        let vars: Vec<Var> = [uniform(&[10, 16], 2, 1.0), uniform(&[4, 16], 3, 0.5), uniform(&[24, 4], 4, 0.5)]
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let [x, a, b] = [0, 1, 2].map(|i| vars[i].as_tensor().clone());
+        let linear =
+            Linear { weight: w.clone(), bias: None, adapter: Some(Adapter { a: a.clone(), b: b.clone(), scale: 2.5 }) };
+        let fused = linear.forward(&x).unwrap();
+        let low = x.matmul(&a.t().unwrap()).unwrap().matmul(&b.t().unwrap()).unwrap();
+        let reference = (x.matmul(&w.t().unwrap()).unwrap() + (low * 2.5).unwrap()).unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-5, "forward differs by {}", max_diff(&fused, &reference));
+        let weights = uniform(fused.dims(), 5, 1.0);
+        let gf = (&fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, t) in [("x", &x), ("A", &a), ("B", &b)] {
+            let diff = max_diff(gf.get(t).unwrap(), gc.get(t).unwrap());
+            assert!(diff < 1e-4, "d{name} differs by {diff}");
+        }
+        assert!(gf.get(&w).is_none(), "the frozen base gets no gradient");
+    }
 }

@@ -585,7 +585,7 @@ impl CustomOp3 for CrossEntropyGrad {
     }
 }
 
-/// Inputs and comparisons for the fused ops' tests (here and in [`super::fused_attention`]).
+/// Inputs and comparisons for the fused ops' tests (here, in [`super::fused_attention`] and in [`super::decoder`]).
 #[cfg(test)]
 pub(super) mod test_inputs {
     use candle_core::{Device, Tensor};
