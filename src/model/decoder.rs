@@ -49,18 +49,16 @@ struct FrozenMatmul {
     weight: Tensor,
 }
 
-impl FrozenMatmul {
-    /// `x @ w.t()` on one backend's storage; `x` is `(rows, k)`, `w` is `(n, k)`.
-    fn matmul_t<B: candle_core::backend::BackendStorage>(
-        x: &B,
-        layout: &candle_core::Layout,
-        w: &B,
-        w_layout: &candle_core::Layout,
-    ) -> candle_core::Result<(B, candle_core::Shape)> {
-        let (rows, k) = layout.shape().dims2()?;
-        let (n, _) = w_layout.shape().dims2()?;
-        Ok((x.matmul(w, (1, rows, n, k), layout, &w_layout.transpose(0, 1)?)?, (rows, n).into()))
-    }
+/// `x @ w.t()` on one backend's storage; `x` is `(rows, k)`, `w` is `(n, k)`.
+fn matmul_t<B: candle_core::backend::BackendStorage>(
+    x: &B,
+    layout: &candle_core::Layout,
+    w: &B,
+    w_layout: &candle_core::Layout,
+) -> candle_core::Result<(B, candle_core::Shape)> {
+    let (rows, k) = layout.shape().dims2()?;
+    let (n, _) = w_layout.shape().dims2()?;
+    Ok((x.matmul(w, (1, rows, n, k), layout, &w_layout.transpose(0, 1)?)?, (rows, n).into()))
 }
 
 impl candle_core::CustomOp1 for FrozenMatmul {
@@ -77,7 +75,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         let candle_core::Storage::Cpu(w) = &*w else {
             candle_core::bail!("frozen-matmul: the weight is not on the CPU");
         };
-        Self::matmul_t(x, layout, w, w_layout)
+        matmul_t(x, layout, w, w_layout)
     }
 
     #[cfg(feature = "cuda")]
@@ -90,7 +88,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         let candle_core::Storage::Cuda(w) = &*w else {
             candle_core::bail!("frozen-matmul: the weight is not on the GPU");
         };
-        Self::matmul_t(x, layout, w, w_layout)
+        matmul_t(x, layout, w, w_layout)
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -122,16 +120,13 @@ impl candle_core::CustomOp3 for LoraMatmul {
         b: &candle_core::CpuStorage,
         bl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
         let (w, wl) = self.weight.storage_and_layout();
         let candle_core::Storage::Cpu(w) = &*w else {
             candle_core::bail!("lora-matmul: the weight is not on the CPU");
         };
-        let ((rows, in_dim), (out, rank)) = (xl.shape().dims2()?, bl.shape().dims2()?);
-        let y = x.matmul(w, (1, rows, out, in_dim), xl, &wl.transpose(0, 1)?)?;
-        let low = x.matmul(a, (1, rows, rank, in_dim), xl, &al.transpose(0, 1)?)?;
-        let low_l = candle_core::Layout::contiguous((rows, rank));
-        let up = low.matmul(b, (1, rows, out, rank), &low_l, &bl.transpose(0, 1)?)?;
+        let (y, shape) = matmul_t(x, xl, w, wl)?;
+        let (low, low_shape) = matmul_t(x, xl, a, al)?;
+        let (up, _) = matmul_t(&low, &candle_core::Layout::contiguous(low_shape), b, bl)?;
         let (candle_core::CpuStorage::F32(mut y), candle_core::CpuStorage::F32(up)) = (y, up) else {
             candle_core::bail!("lora-matmul: expects f32 tensors");
         };
@@ -139,7 +134,7 @@ impl candle_core::CustomOp3 for LoraMatmul {
         y.par_chunks_mut(1 << 14).zip(up.par_chunks(1 << 14)).for_each(|(y, up)| {
             y.iter_mut().zip(up).for_each(|(y, u)| *y += scale * u);
         });
-        Ok((candle_core::CpuStorage::F32(y), (rows, out).into()))
+        Ok((candle_core::CpuStorage::F32(y), shape))
     }
 
     fn bwd(

@@ -12,7 +12,9 @@
 //! are, and [`attention`] for queries against a KV cache (generation), on rotated `(b, heads, t,
 //! head_dim)` tensors.
 
-use super::train_ops::{dot_of, f32_data, fused_here, softmax_rows, vectorised, with_f32_data};
+use super::train_ops::{
+    dot_of, f32_data, fused_here, rotate, softmax_rows, vectorised, with_f32_data, Angles, ROWS_PER_TASK,
+};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -135,6 +137,40 @@ vectorised! {
     }
 }
 
+/// One query head's share of the gradients, from its probabilities `p` `(t, total)`, its output
+/// gradient `d_o` and the values `v` (each with its row stride), and `q` `(t, hd)` and `k` `(total,
+/// hd)` as the scores saw them: `dv (+)= p^T d_o`, `dq = ds k`, `dk (+)= ds^T q`, with the
+/// softmax's gradient `ds` computed in `dp`. `accumulate` adds into `dv` and `dk`, for the later
+/// heads of a key/value group.
+#[allow(clippy::too_many_arguments)]
+fn head_grads(
+    d: &Dims,
+    p: &[f32],
+    dp: &mut [f32],
+    (d_o, d_o_rs): (&[f32], usize),
+    (v, v_rs): (&[f32], usize),
+    (q, k): (&[f32], &[f32]),
+    (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+    accumulate: bool,
+) {
+    let (t, total, hd) = (d.t, d.total, d.hd);
+    gemm((total, hd, t), dv, hd, accumulate, p, (1, total), d_o, (d_o_rs, 1));
+    // dp = d_o v^T, then ds = p * (dp - rowsum(p * dp)) in place
+    gemm((t, total, hd), dp, total, false, d_o, (d_o_rs, 1), v, (1, v_rs));
+    softmax_grad_rows(dp, p, total);
+    gemm((t, hd, total), dq, hd, false, dp, (total, 1), k, (hd, 1));
+    gemm((total, hd, t), dk, hd, accumulate, dp, (1, total), q, (hd, 1));
+}
+
+/// `(dq, dk, dv)` shaped like `q`, `k` and `v` out of a gradient op's buffer `[dq; dk; dv]`.
+fn split_grads(all: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<[Option<Tensor>; 3]> {
+    let (nq, nk) = (q.elem_count(), k.elem_count());
+    let dq = all.narrow(0, 0, nq)?.reshape(q.shape())?;
+    let dk = all.narrow(0, nq, nk)?.reshape(k.shape())?;
+    let dv = all.narrow(0, nq + nk, nk)?.reshape(v.shape())?;
+    Ok([Some(dq), Some(dk), Some(dv)])
+}
+
 struct Attention {
     shape: Dims,
     mask: Option<Tensor>,
@@ -195,12 +231,8 @@ impl CustomOp3 for Attention {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = AttentionGrad { shape: self.shape, mask: self.mask.clone(), q: q.clone() };
-        let all = grad.contiguous()?.apply_op3_no_bwd(k, v, &op)?;
-        let (nq, nk) = (q.elem_count(), k.elem_count());
-        let dq = all.narrow(0, 0, nq)?.reshape(q.shape())?;
-        let dk = all.narrow(0, nq, nk)?.reshape(k.shape())?;
-        let dv = all.narrow(0, nq + nk, nk)?.reshape(v.shape())?;
-        Ok((Some(dq), Some(dk), Some(dv)))
+        let [dq, dk, dv] = split_grads(&grad.contiguous()?.apply_op3_no_bwd(k, v, &op)?, q, k, v)?;
+        Ok((dq, dk, dv))
     }
 }
 
@@ -250,14 +282,8 @@ impl CustomOp3 for AttentionGrad {
                                 let (q, d_o) = (&q[bh * head..(bh + 1) * head], &d_out[bh * head..(bh + 1) * head]);
                                 let dq = &mut dq[r * head..(r + 1) * head];
                                 probabilities(&d, q, k, mask, p);
-                                // dv += p^T d_o
-                                gemm((d.total, d.hd, d.t), dv, d.hd, r > 0, p, (1, d.total), d_o, (d.hd, 1));
-                                // dp = d_o v^T, then ds = p * (dp - rowsum(p * dp)) in place
-                                gemm((d.t, d.total, d.hd), dp, d.total, false, d_o, (d.hd, 1), v, (1, d.hd));
-                                softmax_grad_rows(dp, p, d.total);
-                                // dq = ds k; dk += ds^T q
-                                gemm((d.t, d.hd, d.total), dq, d.hd, false, dp, (d.total, 1), k, (d.hd, 1));
-                                gemm((d.total, d.hd, d.t), dk, d.hd, r > 0, dp, (1, d.total), q, (d.hd, 1));
+                                let grads = (&mut *dq, &mut *dk, &mut *dv);
+                                head_grads(&d, p, dp, (d_o, d.hd), (v, d.hd), (q, k), grads, r > 0);
                             }
                         },
                     );
@@ -312,23 +338,6 @@ pub(crate) fn self_attention_rows(
     Ok(Some(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?))
 }
 
-/// The cosines and sines of the rotary angles, `(t, hd / 2)` each (or one position's `hd / 2`).
-type Angles<'a> = (&'a [f32], &'a [f32]);
-
-/// `y = scale * R(x)` for one position's `hd` values, `R` the rotate-half rotation by the angles
-/// whose cosines and sines are `cos`, `sin` (`hd / 2` each); `inverse` rotates back.
-#[inline(always)]
-fn rotate(y: &mut [f32], x: &[f32], (cos, sin): Angles, inverse: bool, scale: f32) {
-    let half = cos.len();
-    let sign = if inverse { -1.0 } else { 1.0 };
-    for i in 0..half {
-        let (c, s) = (cos[i], sign * sin[i]);
-        let (x1, x2) = (x[i], x[half + i]);
-        y[i] = scale * (x1 * c - x2 * s);
-        y[half + i] = scale * (x2 * c + x1 * s);
-    }
-}
-
 /// The rotated (and scaled) head `col` of one sequence's rows into `dst` `(t, hd)`: `rows` starts
 /// at the sequence's first row, `width` values per row.
 fn rotated_head(dst: &mut [f32], rows: &[f32], width: usize, col: usize, hd: usize, (cos, sin): Angles, scale: f32) {
@@ -342,7 +351,6 @@ fn rotated_head(dst: &mut [f32], rows: &[f32], width: usize, col: usize, hd: usi
 /// Heads `(b, n, t, hd)` into rows `(b * t, n * hd)`, rotating each back by its position's angle
 /// and scaling when `unrotate` is given.
 fn heads_to_rows(heads: &[f32], (n, t, hd): (usize, usize, usize), unrotate: Option<(Angles, f32)>, rows: &mut [f32]) {
-    const ROWS_PER_TASK: usize = 32;
     let half = hd / 2;
     rows.par_chunks_mut(ROWS_PER_TASK * n * hd).enumerate().for_each(|(c, chunk)| {
         for (i, row) in chunk.chunks_exact_mut(n * hd).enumerate() {
@@ -440,12 +448,8 @@ impl CustomOp3 for RowsAttention {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = RowsAttentionGrad { fwd: self, q: q.clone() };
-        let all = grad.contiguous()?.apply_op3_no_bwd(k, v, &op)?;
-        let (nq, nk) = (q.elem_count(), k.elem_count());
-        let dq = all.narrow(0, 0, nq)?.reshape(q.shape())?;
-        let dk = all.narrow(0, nq, nk)?.reshape(k.shape())?;
-        let dv = all.narrow(0, nq + nk, nk)?.reshape(v.shape())?;
-        Ok((Some(dq), Some(dk), Some(dv)))
+        let [dq, dk, dv] = split_grads(&grad.contiguous()?.apply_op3_no_bwd(k, v, &op)?, q, k, v)?;
+        Ok((dq, dk, dv))
     }
 }
 
@@ -500,14 +504,9 @@ impl CustomOp3 for RowsAttentionGrad<'_> {
                                 let d_o = &d_out[bi * t * q_width + h * hd..];
                                 rotated_head(qr, q_rows, q_width, h, hd, angles, scale);
                                 probabilities(&d, qr, kr, mask, p);
-                                // dv += p^T d_o
-                                gemm((t, hd, t), dv, hd, r > 0, p, (1, t), d_o, (q_width, 1));
-                                // dp = d_o v^T, then ds = p * (dp - rowsum(p * dp)) in place
-                                gemm((t, t, hd), dp, t, false, d_o, (q_width, 1), v, (1, kv_width));
-                                softmax_grad_rows(dp, p, t);
-                                // d qr = ds kr; d kr += ds^T qr
-                                gemm((t, hd, t), dq, hd, false, dp, (t, 1), kr, (hd, 1));
-                                gemm((t, hd, t), dk, hd, r > 0, dp, (1, t), qr, (hd, 1));
+                                // Gradients of the rotated, scaled qr and the rotated kr.
+                                let grads = (&mut *dq, &mut *dk, &mut *dv);
+                                head_grads(&d, p, dp, (d_o, q_width), (v, kv_width), (qr, kr), grads, r > 0);
                             }
                         },
                     );

@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 use rayon::prelude::*;
 
 /// Rows per parallel task, so that the small tensors of a small model stay on one thread.
-const ROWS_PER_TASK: usize = 64;
+pub(super) const ROWS_PER_TASK: usize = 64;
 
 /// `e^x` in f32 without a libm call, so that loops over it vectorise: Cephes' `expf` range
 /// reduction (`x = n ln2 + r`, `|r| <= ln2 / 2`) and degree-6 polynomial, scaled by `2^n` through
@@ -257,6 +257,23 @@ fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
 }
 
+/// The cosines and sines of rotary angles: `(t, hd / 2)` each, or one position's `hd / 2`.
+pub(super) type Angles<'a> = (&'a [f32], &'a [f32]);
+
+/// `y = scale * R(x)` for one position's `hd` values, `R` the rotate-half rotation by the angles
+/// whose cosines and sines are `cos`, `sin` (`hd / 2` each); `inverse` rotates back.
+#[inline(always)]
+pub(super) fn rotate(y: &mut [f32], x: &[f32], (cos, sin): Angles, inverse: bool, scale: f32) {
+    let half = cos.len();
+    let sign = if inverse { -1.0 } else { 1.0 };
+    for i in 0..half {
+        let (c, s) = (cos[i], sign * sin[i]);
+        let (x1, x2) = (x[i], x[half + i]);
+        y[i] = scale * (x1 * c - x2 * s);
+        y[half + i] = scale * (x2 * c + x1 * s);
+    }
+}
+
 /// A rotation by each position's angle; `inverse` rotates back, which is also its gradient (the
 /// transpose of a rotation is its inverse).
 struct Rope {
@@ -274,7 +291,6 @@ impl CustomOp1 for Rope {
         let x = f32_data(xs, xl, self.name())?;
         let (_, _, t, hd) = xl.shape().dims4()?;
         let half = hd / 2;
-        let sign = if self.inverse { -1.0f32 } else { 1.0 };
         with_f32_data(&self.cos, self.name(), |cos| {
             with_f32_data(&self.sin, self.name(), |sin| {
                 if cos.len() != t * half || sin.len() != t * half {
@@ -282,14 +298,9 @@ impl CustomOp1 for Rope {
                 }
                 let mut y = vec![0f32; x.len()];
                 y.par_chunks_mut(t * hd).zip(x.par_chunks(t * hd)).for_each(|(y, x)| {
-                    for p in 0..t {
-                        let (y, x) = (&mut y[p * hd..(p + 1) * hd], &x[p * hd..(p + 1) * hd]);
-                        for i in 0..half {
-                            let (c, s) = (cos[p * half + i], sign * sin[p * half + i]);
-                            let (x1, x2) = (x[i], x[half + i]);
-                            y[i] = x1 * c - x2 * s;
-                            y[half + i] = x2 * c + x1 * s;
-                        }
+                    for (p, (y, x)) in y.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).enumerate() {
+                        let angles = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+                        rotate(y, x, angles, self.inverse, 1.0);
                     }
                 });
                 Ok((CpuStorage::F32(y), xl.shape().clone()))
