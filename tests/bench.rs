@@ -20,6 +20,17 @@ fn presets_have_the_published_parameter_counts() {
 }
 
 #[test]
+fn loading_a_model_pins_the_thread_count_candle_would_pick() {
+    // Unset, candle re-reads /proc/cpuinfo on every matmul (`pin_cpu_threads`). Other tests may
+    // load a model meanwhile; they set the same value, so the assertion holds either way.
+    let before = std::env::var("RAYON_NUM_THREADS").ok();
+    let candle_pick = candle_core::utils::get_num_threads().to_string();
+    Model::load("default").unwrap();
+    let after = std::env::var("RAYON_NUM_THREADS").expect("a loaded model leaves RAYON_NUM_THREADS set");
+    assert_eq!(after, before.unwrap_or(candle_pick));
+}
+
+#[test]
 fn every_workload_runs_and_reports_consistent_numbers() {
     let mut cfg = BenchConfig::for_device(Preset::Default, &Device::Cpu);
     (cfg.batch, cfg.seq, cfg.warmup, cfg.iters, cfg.gen_tokens) = (2, 16, 0, 1, 8);

@@ -55,6 +55,32 @@ pub fn auto_device() -> Device {
     Device::Cpu
 }
 
+/// Pins candle's CPU thread count for the process: sets `RAYON_NUM_THREADS`, when unset, to
+/// the count candle itself picks. Candle 0.11 looks the count up on every matmul, and with the
+/// variable unset that lookup parses `/proc/cpuinfo` (`num_cpus::get_physical`): hundreds of
+/// reads per training step, 15-20% of the default model's LoRA step (docs/performance.md).
+/// With the variable set, the lookup is one environment read and the count is the same. Rayon's
+/// global pool, when it has not started yet, also takes that count (physical cores, where rayon
+/// alone would take logical ones). Runs once per process; every [`crate::model::Decoder`]
+/// calls it, and the CLI before it starts any thread.
+///
+/// ```
+/// secure_tuning::model::pin_cpu_threads();
+/// let threads: usize = std::env::var("RAYON_NUM_THREADS").unwrap().parse().unwrap();
+/// assert!(threads >= 1);
+/// ```
+pub fn pin_cpu_threads() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            let threads = candle_core::utils::get_num_threads();
+            // Rust's own environment reads and writes share a lock; what could race is C code
+            // calling getenv on another thread at this moment, and nothing we run does.
+            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        }
+    });
+}
+
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N` into a device; asking for CUDA in a build without
 /// the `cuda` feature, or for a GPU that is not there, is an error that says so.
 ///
