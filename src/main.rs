@@ -1172,7 +1172,7 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     reuse_freed_memory();
-    secure_tuning::model::pin_cpu_threads();
+    secure_tuning::model::configure_cpu_threads();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Forward(a) => forward(a),

@@ -613,7 +613,7 @@ impl Batch {
 impl Decoder {
     /// Loads every parameter under the HF names, checking shapes against `cfg`.
     pub fn load(w: &WeightSource, cfg: &Config) -> Result<Self> {
-        super::load::pin_cpu_threads();
+        super::load::configure_cpu_threads();
         let m = w.pp("model");
         let embed_tokens = m.pp("embed_tokens").get("weight", &[cfg.vocab_size, cfg.hidden_size])?;
         let layers = (0..cfg.num_layers)

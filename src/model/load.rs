@@ -55,28 +55,38 @@ pub fn auto_device() -> Device {
     Device::Cpu
 }
 
-/// Pins candle's CPU thread count for the process: sets `RAYON_NUM_THREADS`, when unset, to
-/// the count candle itself picks. Candle 0.11 looks the count up on every matmul, and with the
-/// variable unset that lookup parses `/proc/cpuinfo` (`num_cpus::get_physical`): hundreds of
-/// reads per training step, 15-20% of the default model's LoRA step (docs/performance.md).
-/// With the variable set, the lookup is one environment read and the count is the same. Rayon's
-/// global pool, when it has not started yet, also takes that count (physical cores, where rayon
-/// alone would take logical ones). Runs once per process; every [`crate::model::Decoder`]
-/// calls it, and the CLI before it starts any thread.
+/// Settles two of candle's CPU threading defaults for the process, each only where its
+/// environment variable is unset (docs/performance.md, 2026-11-30):
+///
+/// - `RAYON_NUM_THREADS` is set to the count candle itself picks. Candle 0.11 looks the count
+///   up on every matmul, and with the variable unset the lookup parses `/proc/cpuinfo`:
+///   hundreds of reads per training step. With it set, the count is the same and the lookup is
+///   one environment read. Rayon's global pool, when it has not started yet, takes that count
+///   too (physical cores, where rayon alone would take logical ones).
+/// - `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set to 1. Candle's pool for element-wise ops keeps its
+///   workers spinning for 25,000 rounds after each op, and the next op is usually a matmul on
+///   rayon's threads: the spinning workers take their cores from it. Parked at once, they cost
+///   a wake-up per op instead.
+///
+/// Runs once per process, before candle's element-wise pool exists if it is the first thing
+/// to touch candle; every [`crate::model::Decoder`] calls it, and the CLI before it starts any
+/// thread.
 ///
 /// ```
-/// secure_tuning::model::pin_cpu_threads();
+/// secure_tuning::model::configure_cpu_threads();
 /// let threads: usize = std::env::var("RAYON_NUM_THREADS").unwrap().parse().unwrap();
 /// assert!(threads >= 1);
 /// ```
-pub fn pin_cpu_threads() {
+pub fn configure_cpu_threads() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        // Rust's own environment reads and writes share a lock; what could race is C code
+        // calling getenv on another thread at this moment, and nothing we run does.
         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-            let threads = candle_core::utils::get_num_threads();
-            // Rust's own environment reads and writes share a lock; what could race is C code
-            // calling getenv on another thread at this moment, and nothing we run does.
-            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+            std::env::set_var("RAYON_NUM_THREADS", candle_core::utils::get_num_threads().to_string());
+        }
+        if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1");
         }
     });
 }
