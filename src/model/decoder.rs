@@ -8,7 +8,8 @@
 //! because candle's fused kernels have no gradient. On the CPU in f32 both run attention as one
 //! op ([`super::fused_attention`]; for a fresh batch with the rotary embedding inside) and the
 //! training ops are fused too, each one pass forward and one backward, as are a trained
-//! projection and a frozen one with its LoRA adapters. Hidden states flow as `(b * t, d)` rows; captures are `(b, t, d)`.
+//! projection and a frozen one with its LoRA adapters. Hidden states flow as `(b * t, d)` rows;
+//! captures are `(b, t, d)`.
 //! Every op is a node of candle's autograd graph, whose backward pass gives each node a zeroed
 //! gradient and an add, so fewer nodes is most of a small model's training speed.
 //! Parameter names are Hugging Face's, so `model.layers.3.mlp.down_proj.weight` in a checkpoint
