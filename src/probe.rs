@@ -318,6 +318,11 @@ pub fn probe_all(model: &Model, data: &ProbeData) -> Result<ProbeReport> {
 
 /// [`probe_all`] with explicit settings.
 pub fn probe_all_with(model: &Model, data: &ProbeData, cfg: &ProbeConfig) -> Result<ProbeReport> {
+    // The fits are hundreds of small matmuls each: one hand-off to rayon's pool, not one each.
+    crate::model::run_on_cpu_pool(model.device(), || probe_all_here(model, data, cfg))
+}
+
+fn probe_all_here(model: &Model, data: &ProbeData, cfg: &ProbeConfig) -> Result<ProbeReport> {
     data.check(cfg.min_per_class)?;
     if data.prompts.len() != data.labels.len() || data.pairs.len() != data.labels.len() {
         return Err(Error::invalid("probe data", "prompts, labels and pairs must have equal lengths"));

@@ -614,6 +614,10 @@ impl<'a> Bench<'a> {
     /// Gradient steps on `names` that lower the probe's logit on harmful prompts, until the
     /// probe's accuracy on them has dropped by `target_drop` (or the steps run out).
     fn adversarial(&self, names: &[String]) -> Result<Change> {
+        crate::model::run_on_cpu_pool(self.base.device(), || self.adversarial_here(names))
+    }
+
+    fn adversarial_here(&self, names: &[String]) -> Result<Change> {
         let mut model = self.base.clone();
         let vars = model.make_trainable(names)?;
         let mut opt = crate::tune::AdamW::new(&vars, crate::tune::AdamWParams::default())?;

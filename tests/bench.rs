@@ -1,6 +1,6 @@
-//! The benchmark harness and device selection: presets have their public models' sizes, every
-//! workload runs and reports consistent numbers, and the fused inference decoder computes what
-//! the training decoder computes.
+//! The benchmark harness, device selection and CPU threading: presets have their public models'
+//! sizes, every workload runs and reports consistent numbers, CPU work runs on rayon's pool, and
+//! the fused inference decoder computes what the training decoder computes.
 
 use candle_core::Device;
 use secure_tuning::bench::{run, BenchConfig, Preset, Workload};
@@ -31,6 +31,41 @@ fn loading_a_model_settles_candles_cpu_threading() {
     let after = |name| std::env::var(name).unwrap_or_else(|_| panic!("a loaded model leaves {name} set"));
     assert_eq!(after("RAYON_NUM_THREADS"), threads.unwrap_or(candle_pick));
     assert_eq!(after("CANDLE_BARRIER_POOL_SPIN_LIMIT"), spin.unwrap_or("1".into()));
+}
+
+/// How many times the calling thread has slept (given up its core voluntarily) so far.
+#[cfg(target_os = "linux")]
+fn times_this_thread_slept() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn cpu_work_runs_on_rayons_pool_not_one_hand_off_per_matmul() {
+    // `run_on_cpu_pool`: called from outside rayon's pool, each of candle's matmuls would put
+    // this thread to sleep until the workers finish it (hundreds of times per step here).
+    use secure_tuning::model::{GenerateOptions, LoraConfig, ModuleSet};
+    use secure_tuning::tune::{Example, MlLr, TrainConfig, TrainStep};
+    let mut model = Model::load("default").unwrap();
+    let lora = LoraConfig::new(4, 8.0);
+    model.add_lora(&lora).unwrap();
+    let plan = MlLr::builder().robust(ModuleSet::attn(model.config().num_layers)).lora_config(lora).build().unwrap();
+    let train = TrainConfig { groups: plan.groups(&model, 1).unwrap(), ..TrainConfig::default() };
+    let mut stepper = TrainStep::new(&mut model, &train).unwrap();
+    let example = Example { ids: (1..65).collect(), loss_start: 1 };
+    let batch = Batch::from_sequences(std::slice::from_ref(&example.ids), 0, &Device::Cpu).unwrap();
+    let opts = GenerateOptions { max_new_tokens: 8, ..GenerateOptions::default() };
+
+    let slept = times_this_thread_slept();
+    let outcome = stepper.step(&model, &[vec![&example]], 0, 1e-4, false).unwrap();
+    model.forward(&batch, &Capture::residual()).unwrap();
+    model.generate(&example.ids[..8], &opts).unwrap();
+    let slept = times_this_thread_slept() - slept;
+    assert!(outcome.loss.is_finite());
+    // One wait per call (three), with room for a lock or a page fault; not one per matmul.
+    assert!(slept <= 12, "the calling thread slept {slept} times");
 }
 
 #[test]

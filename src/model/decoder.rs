@@ -637,7 +637,11 @@ impl Decoder {
 
     /// Runs the decoder on `batch`, keeping what `capture` asks for. With a `cache`, the batch
     /// continues the cached sequence (positions start at the cache length) and is appended.
-    pub fn forward(&self, batch: &Batch, capture: &Capture, mut cache: Option<&mut KvCache>) -> Result<Activations> {
+    pub fn forward(&self, batch: &Batch, capture: &Capture, cache: Option<&mut KvCache>) -> Result<Activations> {
+        super::load::run_on_cpu_pool(batch.input_ids.device(), || self.forward_here(batch, capture, cache))
+    }
+
+    fn forward_here(&self, batch: &Batch, capture: &Capture, mut cache: Option<&mut KvCache>) -> Result<Activations> {
         let (b, t) = batch.input_ids.dims2()?;
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         if let Some(c) = cache.as_deref_mut() {

@@ -100,6 +100,10 @@ impl Model {
     /// assert_eq!(out[1], model.generate(&prompts[1], &opts).unwrap());
     /// ```
     pub fn generate_batch(&self, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
+        super::run_on_cpu_pool(self.device(), || self.generate_here(prompts, opts))
+    }
+
+    fn generate_here(&self, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
         if let Some(i) = prompts.iter().position(Vec::is_empty) {
             return Err(Error::invalid(format!("prompt {i}"), "no tokens; the prompt text is empty"));
         }

@@ -91,6 +91,31 @@ pub fn configure_cpu_threads() {
     });
 }
 
+/// Runs `work` on one of rayon's worker threads when `device` is the CPU and the caller is not
+/// one already; otherwise (a GPU, or already on a worker) runs it here.
+///
+/// Candle splits each CPU matmul over rayon's pool. Called from outside the pool, a matmul
+/// queues its parts, wakes the workers and puts the caller to sleep until they are done: two
+/// thread hand-offs per matmul, hundreds per training step, and on 2 cores a third thread in
+/// the way. Called from a worker, the worker runs a part itself. On the default model this took
+/// the full training step from 85-99 ms to 69-75 ms (docs/performance.md, 2026-11-30).
+/// Every forward pass, generation, [`crate::tune::TrainStep::step`], the probes' fits and the
+/// adversarial robustness test run through it.
+///
+/// ```
+/// use secure_tuning::model::run_on_cpu_pool;
+/// let on_worker = run_on_cpu_pool(&candle_core::Device::Cpu, || rayon::current_thread_index().is_some());
+/// assert!(on_worker);
+/// ```
+pub fn run_on_cpu_pool<R: Send>(device: &Device, work: impl FnOnce() -> R + Send) -> R {
+    if device.is_cpu() && rayon::current_thread_index().is_none() {
+        configure_cpu_threads();
+        rayon::scope(|_| work())
+    } else {
+        work()
+    }
+}
+
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N` into a device; asking for CUDA in a build without
 /// the `cuda` feature, or for a GPU that is not there, is an error that says so.
 ///

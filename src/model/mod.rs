@@ -22,7 +22,9 @@ pub use config::{Arch, Config, HfConfig, RopeScaling};
 pub use decoder::{Batch, Decoder, KvCache};
 pub use generate::{GenerateOptions, Sampling};
 pub use gguf::{import_gguf, GgufImport};
-pub use load::{auto_device, configure_cpu_threads, hub_offline, is_hub_id, parse_device, LoadOptions};
+pub use load::{
+    auto_device, configure_cpu_threads, hub_offline, is_hub_id, parse_device, run_on_cpu_pool, LoadOptions,
+};
 pub use lora::{lora_names, LoraConfig};
 pub use modules::{ModuleId, ModuleKind, ModuleSet};
 pub use weights::{load_tensors, save_safetensors, write_atomic, Weights};

@@ -476,6 +476,17 @@ impl TrainStep {
         lr: f64,
         traced: bool,
     ) -> Result<StepOutcome> {
+        crate::model::run_on_cpu_pool(model.device(), || self.step_here(model, micro_batches, step, lr, traced))
+    }
+
+    fn step_here(
+        &mut self,
+        model: &Model,
+        micro_batches: &[Vec<&Example>],
+        step: usize,
+        lr: f64,
+        traced: bool,
+    ) -> Result<StepOutcome> {
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut losses = Vec::with_capacity(micro_batches.len());
         let mut tokens = 0;
