@@ -4,7 +4,8 @@
 //! refusal, harmless twins -> help, tasks mixed in). Seeded end to end.
 //!
 //! `secure-tuning build-default` runs it and writes `data/models/default/`; the shipped weights
-//! are that command's output.
+//! are that command's output with the build of 2026-11-27. Later builds sum in a different order,
+//! so a rebuild now trains to other weights (docs/default-model.md).
 
 use crate::data::synthetic::{self, helpful_answer, SyntheticConfig, SyntheticData};
 use crate::data::{split, Record, Rng};
