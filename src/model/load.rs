@@ -69,8 +69,8 @@ pub fn auto_device() -> Device {
 ///   a wake-up per op instead.
 ///
 /// Runs once per process, before candle's element-wise pool exists if it is the first thing
-/// to touch candle; every [`crate::model::Decoder`] calls it, and the CLI before it starts any
-/// thread.
+/// to touch candle; every [`crate::model::Decoder`] and [`run_on_cpu_pool`] call it, and the
+/// CLI before it starts any thread.
 ///
 /// ```
 /// secure_tuning::model::configure_cpu_threads();
