@@ -1,9 +1,9 @@
-//! With the `cuda` feature, compiles the crate's own CUDA kernels (src/tune/kernels/*.cu) to
+//! With the `cuda` feature, compiles the crate's own CUDA kernels (src/kernels/*.cu) to
 //! PTX with nvcc (from CUDA_HOME, CUDA_ROOT or PATH), for the compute capability in
 //! CUDA_COMPUTE_CAP (default 80). Without the feature it does nothing.
 
 fn main() {
-    println!("cargo:rerun-if-changed=src/tune/kernels/adamw.cu");
+    println!("cargo:rerun-if-changed=src/kernels/adamw.cu");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
@@ -17,9 +17,9 @@ fn main() {
         .unwrap_or_else(|| "nvcc".into());
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
     let status = std::process::Command::new(&nvcc)
-        .args(["--ptx", "-O3", &format!("-arch=compute_{cap}"), "src/tune/kernels/adamw.cu", "-o"])
+        .args(["--ptx", "-O3", &format!("-arch=compute_{cap}"), "src/kernels/adamw.cu", "-o"])
         .arg(out.join("adamw.ptx"))
         .status()
         .unwrap_or_else(|e| panic!("could not run {} ({e}); set CUDA_HOME to a CUDA toolkit", nvcc.display()));
-    assert!(status.success(), "nvcc failed on src/tune/kernels/adamw.cu");
+    assert!(status.success(), "nvcc failed on src/kernels/adamw.cu");
 }

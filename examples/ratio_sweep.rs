@@ -12,10 +12,10 @@
 //! robust set instead of the run's: the `mods_robust.json` that `secure-tuning search --out DIR` writes
 //! (for example with `--mode perturb` or a stricter `--tolerance`).
 
+use secure_tuning::data::benign_set_path;
 use secure_tuning::data::{load_records, split};
 use secure_tuning::eval::{evaluate, EvalConfig};
 use secure_tuning::prelude::ModuleSet;
-use secure_tuning::recipe::benign_set_path;
 use secure_tuning::reproduce::{eval_sets, Reproduction};
 use secure_tuning::tune::MlLr;
 use secure_tuning::{Error, Model, Result};
@@ -60,7 +60,7 @@ fn run() -> Result<()> {
     println!("robust set: {} modules", robust.len());
     let cfg = &repro.config;
     let model = Model::load("default")?;
-    let dir = secure_tuning::recipe::default_data_dir();
+    let dir = secure_tuning::data::default_data_dir();
     let benign = split(&load_records(&benign_set_path(&dir, &cfg.benign))?, "train");
     let sets = eval_sets(&dir, &cfg.benign, cfg.eval_limit)?;
     let eval_cfg = EvalConfig { max_new_tokens: cfg.max_new_tokens, ..EvalConfig::default() };

@@ -20,7 +20,7 @@ use secure_tuning::tune::{random_modules, safety_curve, MlLr, SafetyEvalSets, Tr
 use secure_tuning::display::{emit, line_chart, Series};
 // SECURE_TUNING_QUICK=1 (CI, Binder) runs a small configuration of every step.
 let quick = std::env::var("SECURE_TUNING_QUICK").is_ok();
-let data_dir = secure_tuning::recipe::default_data_dir();
+let data_dir = secure_tuning::data::default_data_dir();
 let model = Model::load("default")?;
 model"""
 

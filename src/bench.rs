@@ -46,8 +46,8 @@ impl Preset {
     pub fn config_json(self) -> Result<String> {
         match self {
             Preset::Default => {
-                let path = crate::recipe::default_model_dir().join("config.json");
-                crate::error::read_file(&path, "the embedded default model is missing")
+                let path = crate::model::default_model_dir().join("config.json");
+                crate::fs::read_file(&path, "the embedded default model is missing")
             }
             Preset::Qwen25Half => Ok(include_str!("../benches/presets/qwen2.5-0.5b.json").to_string()),
             Preset::Llama32One => Ok(include_str!("../benches/presets/llama-3.2-1b.json").to_string()),
@@ -249,7 +249,7 @@ fn median(xs: &mut [f64]) -> f64 {
 
 /// Deterministic token ids in `1..vocab`.
 fn token_ids(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
-    let mut rng = crate::data::Rng::new(salt);
+    let mut rng = crate::rng::Rng::new(salt);
     (0..n).map(|_| 1 + rng.below(vocab - 1) as u32).collect()
 }
 
@@ -267,7 +267,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     if cfg.batch == 0 || cfg.seq < 2 || cfg.gen_prompt == 0 {
         return Err(Error::invalid("bench shapes", "need batch >= 1, seq >= 2 and a non-empty prompt"));
     }
-    let tok_dir = crate::recipe::default_model_dir();
+    let tok_dir = crate::model::default_model_dir();
     let base = Model::random(&config, &tok_dir, &cfg.device, cfg.dtype)?;
     let params = base.num_params();
     let (l, q_dim, d, v) =
@@ -417,8 +417,8 @@ pub fn compare_with_torch(cfg: &BenchConfig, report: BenchReport, python: &str) 
     std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
     let script = dir.join("torch_bench.py");
     let config = dir.join("config.json");
-    crate::model::write_atomic(&script, TORCH_SCRIPT.as_bytes())?;
-    crate::model::write_atomic(&config, cfg.preset.config_json()?.as_bytes())?;
+    crate::fs::write_atomic(&script, TORCH_SCRIPT.as_bytes())?;
+    crate::fs::write_atomic(&config, cfg.preset.config_json()?.as_bytes())?;
     let workloads: Vec<&str> = cfg.workloads.iter().map(|w| w.name()).collect();
     let options: [(&str, String); 11] = [
         ("--config", config.display().to_string()),

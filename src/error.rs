@@ -144,14 +144,3 @@ impl Error {
         Error::Malformed { path: path.into(), reason: reason.into() }
     }
 }
-
-/// Reads a whole file, mapping a missing file to [`Error::MissingFile`] with `hint`.
-pub(crate) fn read_file(path: &std::path::Path, hint: &str) -> Result<String> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(s),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(Error::MissingFile { path: path.to_path_buf(), hint: hint.to_string() })
-        }
-        Err(source) => Err(Error::Io { path: path.to_path_buf(), source }),
-    }
-}

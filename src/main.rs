@@ -21,30 +21,6 @@ use std::path::PathBuf;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_decommits`' place in `mi_option_t` (`mimalloc.h`, the same in mimalloc v2
-/// and v3), which the Rust bindings do not name.
-const MI_OPTION_PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
-
-/// Lets memory that tensors free be reused without the kernel zero-filling it again. A training
-/// step frees and allocates gigabytes (activations, every gradient). By default mimalloc purges
-/// freed memory by decommitting it, so each new touch page-faults and the kernel clears the
-/// page: a quarter of a qwen2.5-0.5b step's CPU time (docs/performance.md). With purges as resets
-/// (`MADV_FREE`) the pages stay mapped until the kernel needs the memory, so the process's
-/// resident size stays near its peak while nothing else asks for it. `MIMALLOC_PURGE_DECOMMITS`
-/// set in the environment still wins.
-fn reuse_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_some() {
-        return;
-    }
-    // SAFETY: mimalloc's option calls are thread-safe and take any option index. Reading first
-    // checks that index 5 holds a 0/1 flag at its default (1); otherwise it is left alone.
-    unsafe {
-        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DECOMMITS) == 1 {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DECOMMITS, 0);
-        }
-    }
-}
-
 #[derive(Parser)]
 #[command(name = "secure-tuning", version, about = "Study and prevent the safety loss of benign fine-tuning")]
 struct Cli {
@@ -627,7 +603,7 @@ fn load_set(
     split: Option<&str>,
     limit: Option<usize>,
 ) -> Result<Vec<Record>> {
-    let path = path.clone().unwrap_or_else(|| secure_tuning::recipe::default_data_dir().join(default_file));
+    let path = path.clone().unwrap_or_else(|| secure_tuning::data::default_data_dir().join(default_file));
     let mut records = load_records(&path)?;
     let split = split.or(records.iter().any(|r| r.split == "eval").then_some("eval"));
     if let Some(s) = split {
@@ -766,7 +742,7 @@ fn align(args: AlignArgs) -> Result<()> {
         "final_loss": report.recent_loss(10),
         "train_seconds": report.seconds,
     });
-    secure_tuning::model::write_atomic(&args.out.join("align.json"), summary.to_string().as_bytes())?;
+    secure_tuning::fs::write_atomic(&args.out.join("align.json"), summary.to_string().as_bytes())?;
     if args.json {
         println!("{summary}");
     } else {
@@ -810,7 +786,7 @@ fn curve(args: CurveArgs) -> Result<()> {
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.clone(), source })?;
         let json = serde_json::to_vec_pretty(&curves).expect("curves serialise");
-        secure_tuning::model::write_atomic(&out.join("curve.json"), &json)?;
+        secure_tuning::fs::write_atomic(&out.join("curve.json"), &json)?;
         let chart = |title: &str, y: &str, f: fn(&CurvePoint) -> f64| {
             let series: Vec<Series> = curves
                 .iter()
@@ -823,8 +799,8 @@ fn curve(args: CurveArgs) -> Result<()> {
         };
         let refusal = chart("Refusal of held-out harmful requests", "refusal rate", |p| p.harmful_refusal);
         let skill = chart("Accuracy on the fine-tuning tasks", "accuracy", |p| p.task_accuracy);
-        secure_tuning::model::write_atomic(&out.join("harmful_refusal.svg"), refusal.as_bytes())?;
-        secure_tuning::model::write_atomic(&out.join("task_accuracy.svg"), skill.as_bytes())?;
+        secure_tuning::fs::write_atomic(&out.join("harmful_refusal.svg"), refusal.as_bytes())?;
+        secure_tuning::fs::write_atomic(&out.join("task_accuracy.svg"), skill.as_bytes())?;
     }
     if args.json {
         println!("{}", serde_json::to_string(&curves).expect("curves serialise"));
@@ -995,7 +971,7 @@ fn validate_refusal(args: ValidateRefusalArgs) -> Result<()> {
 
 /// `general` and `expertise` name the default model's benign sets; anything else is a file.
 fn benign_path(name: &str) -> PathBuf {
-    secure_tuning::recipe::benign_set_path(&secure_tuning::recipe::default_data_dir(), name)
+    secure_tuning::data::benign_set_path(&secure_tuning::data::default_data_dir(), name)
 }
 
 /// The training records (all but the `eval` split) of a benign set.
@@ -1008,7 +984,7 @@ fn benign_data(name: &str) -> Result<Vec<Record>> {
 fn write_out(out: &std::path::Path, files: &[(&str, &[u8])]) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), source })?;
     for (name, bytes) in files {
-        secure_tuning::model::write_atomic(&out.join(name), bytes)?;
+        secure_tuning::fs::write_atomic(&out.join(name), bytes)?;
     }
     Ok(())
 }
@@ -1109,7 +1085,7 @@ fn reproduce(args: ReproduceArgs) -> Result<()> {
         None => ReproduceConfig::default(),
     };
     let cfg = ReproduceConfig { benign: args.data.clone().unwrap_or(cfg.benign.clone()), ..cfg };
-    let data_dir = args.data_dir.clone().unwrap_or_else(secure_tuning::recipe::default_data_dir);
+    let data_dir = args.data_dir.clone().unwrap_or_else(secure_tuning::data::default_data_dir);
     let r = reproduce(&model, &data_dir, &cfg)?;
     r.write(&args.out)?;
     if args.json {
@@ -1171,8 +1147,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    reuse_freed_memory();
-    secure_tuning::model::configure_cpu_threads();
+    secure_tuning::init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Forward(a) => forward(a),

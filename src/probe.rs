@@ -8,10 +8,11 @@
 //! fit is deterministic); twins stay on the same side of the seeded train/test split, so a test
 //! prompt's near-duplicate is never in training.
 
-use crate::data::{load_records, split, Record, Rng};
+use crate::data::{load_records, split, Record};
 use crate::display::{emit, escape_html, line_chart, Series};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Capture, Message, Model};
+use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
@@ -59,7 +60,7 @@ impl ProbeData {
     /// One JSONL file of `{"instruction": ..., "label": ...}` lines; a label is `1`/`0`,
     /// `true`/`false` or `"harmful"`/`"harmless"`; an optional `pair` field groups twins.
     pub fn from_labelled_jsonl(path: &Path) -> Result<Self> {
-        let text = crate::error::read_file(path, "pass a JSONL file of {\"instruction\", \"label\"} lines")?;
+        let text = crate::fs::read_file(path, "pass a JSONL file of {\"instruction\", \"label\"} lines")?;
         let mut d = ProbeData::default();
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let bad = |why: String| Error::malformed(path, format!("line {}: {why}", i + 1));
@@ -87,7 +88,7 @@ impl ProbeData {
 
     /// The default model's held-out harmful requests and their harmless twins (`data/`).
     pub fn default_twins() -> Result<Self> {
-        Self::twins_in(&crate::recipe::default_data_dir())
+        Self::twins_in(&crate::data::default_data_dir())
     }
 
     /// The held-out (`eval` split) pairs of `harmful.jsonl` and `harmless.jsonl` in `dir`, e.g. the
@@ -95,7 +96,7 @@ impl ProbeData {
     ///
     /// ```
     /// use secure_tuning::probe::ProbeData;
-    /// let d = ProbeData::twins_in(&secure_tuning::recipe::default_data_dir())?;
+    /// let d = ProbeData::twins_in(&secure_tuning::data::default_data_dir())?;
     /// assert_eq!(d.count(true), d.count(false));
     /// # Ok::<(), secure_tuning::Error>(())
     /// ```
@@ -319,7 +320,7 @@ pub fn probe_all(model: &Model, data: &ProbeData) -> Result<ProbeReport> {
 /// [`probe_all`] with explicit settings.
 pub fn probe_all_with(model: &Model, data: &ProbeData, cfg: &ProbeConfig) -> Result<ProbeReport> {
     // The fits are hundreds of small matmuls each: one hand-off to rayon's pool, not one each.
-    crate::model::run_on_cpu_pool(model.device(), || probe_all_here(model, data, cfg))
+    crate::kernels::run_on_cpu_pool(model.device(), || probe_all_here(model, data, cfg))
 }
 
 fn probe_all_here(model: &Model, data: &ProbeData, cfg: &ProbeConfig) -> Result<ProbeReport> {

@@ -8,10 +8,12 @@
 //! so a rebuild now trains to other weights (docs/default-model.md).
 
 use crate::data::synthetic::{self, helpful_answer, SyntheticConfig, SyntheticData};
-use crate::data::{split, Record, Rng};
+use crate::data::{split, Record};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalConfig, EvalReport};
-use crate::model::{save_safetensors, write_atomic, Model, Weights};
+use crate::fs::write_atomic;
+use crate::model::{save_safetensors, Model, Weights};
+use crate::rng::Rng;
 use crate::tune::{encode_examples, train, TrainConfig, TrainReport};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -314,41 +316,4 @@ fn act_of(instruction: &str) -> String {
         }
     }
     instruction.trim_end_matches(['?', '.']).to_string()
-}
-
-/// Where the embedded default model lives: `data/models/default` inside this crate's source
-/// (found at compile time, so it also works when the crate is a path dependency of a notebook).
-pub fn default_model_dir() -> PathBuf {
-    default_data_dir().join("models/default")
-}
-
-/// The file of a benign IFT set: `general` and `expertise` name the default model's sets in
-/// `data_dir`; anything else is a path.
-///
-/// ```
-/// use secure_tuning::recipe::{benign_set_path, default_data_dir};
-/// let dir = default_data_dir();
-/// assert_eq!(benign_set_path(&dir, "expertise"), dir.join("ift_expertise.jsonl"));
-/// assert_eq!(benign_set_path(&dir, "my.jsonl"), std::path::PathBuf::from("my.jsonl"));
-/// ```
-pub fn benign_set_path(data_dir: &Path, name: &str) -> PathBuf {
-    match name {
-        "general" => data_dir.join("ift_general.jsonl"),
-        "expertise" => data_dir.join("ift_expertise.jsonl"),
-        file => PathBuf::from(file),
-    }
-}
-
-/// Where the default datasets live: this crate's `data/` (its path at compile time), or, for a
-/// binary copied to another machine, `data/` in the working directory or under
-/// `SECURE_TUNING_HOME`.
-pub fn default_data_dir() -> PathBuf {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-    if built.is_dir() {
-        return built;
-    }
-    match std::env::var_os("SECURE_TUNING_HOME") {
-        Some(home) => Path::new(&home).join("data"),
-        None => PathBuf::from("data"),
-    }
 }

@@ -8,13 +8,14 @@
 //! against task accuracy over training) over several seeds, since a prototype showed that any
 //! reduced-LR set delays erosion and that comparing at one point misleads.
 
+use crate::data::{benign_set_path, default_data_dir};
 use crate::data::{load_records, split, Record};
 use crate::display::{escape_html, line_chart, Series};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalConfig, EvalReport};
-use crate::model::{write_atomic, Model, ModuleSet};
+use crate::fs::write_atomic;
+use crate::model::{Model, ModuleSet};
 use crate::probe::{drift, probe_all, Drift, ProbeData, ProbeReport};
-use crate::recipe::{benign_set_path, default_data_dir};
 use crate::robustness::{Mode, Robustness, RobustnessConfig};
 use crate::search::{ModsRobust, SearchConfig};
 use crate::tune::{random_modules, CurvePoint, MlLr, SafetyEvalSets};
@@ -181,7 +182,7 @@ pub const STRATEGIES: [&str; 7] = ["plain", "ml-lr", "swat", "random-subset", "f
 /// ```no_run
 /// use secure_tuning::{Model, reproduce::{reproduce, ReproduceConfig}};
 /// let model = Model::load("default")?;
-/// let r = reproduce(&model, &secure_tuning::recipe::default_data_dir(), &ReproduceConfig::quick())?;
+/// let r = reproduce(&model, &secure_tuning::data::default_data_dir(), &ReproduceConfig::quick())?;
 /// r.write("runs/reproduce".as_ref())?;
 /// println!("{}", r.verdict);
 /// # Ok::<(), secure_tuning::Error>(())

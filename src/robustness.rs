@@ -20,12 +20,13 @@
 //! [`Measure::ProbeMargin`] (drop of the frozen probe's logit on harmful prompts) is the paper's
 //! classifier proxy, kept for comparison: in our prototype it ranked opposite to the others.
 
-use crate::data::{Record, Rng};
+use crate::data::Record;
 use crate::display::{emit, escape_html, heatmap, Heatmap};
 use crate::error::{Error, Result};
 use crate::eval::RefusalDetector;
 use crate::model::{GenerateOptions, Model, ModuleId, ModuleKind, ModuleSet};
 use crate::probe::{cosine_drift, harmful_share, layer_features, prompt_ids, Probe, ProbeReport};
+use crate::rng::Rng;
 use crate::tune::{encode_examples, response_loss, train, Example, LrGroup, TrainConfig};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -614,7 +615,7 @@ impl<'a> Bench<'a> {
     /// Gradient steps on `names` that lower the probe's logit on harmful prompts, until the
     /// probe's accuracy on them has dropped by `target_drop` (or the steps run out).
     fn adversarial(&self, names: &[String]) -> Result<Change> {
-        crate::model::run_on_cpu_pool(self.base.device(), || self.adversarial_here(names))
+        crate::kernels::run_on_cpu_pool(self.base.device(), || self.adversarial_here(names))
     }
 
     fn adversarial_here(&self, names: &[String]) -> Result<Change> {

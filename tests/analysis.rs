@@ -20,7 +20,7 @@ fn probe() -> &'static ProbeReport {
 }
 
 fn benign() -> Vec<Record> {
-    let path = secure_tuning::recipe::default_data_dir().join("ift_general.jsonl");
+    let path = secure_tuning::data::default_data_dir().join("ift_general.jsonl");
     split(&load_records(&path).unwrap(), "train")
 }
 

@@ -20,15 +20,15 @@ fn presets_have_the_published_parameter_counts() {
 }
 
 #[test]
-fn loading_a_model_settles_candles_cpu_threading() {
+fn init_settles_candles_cpu_threading() {
     // `configure_cpu_threads`: unset, candle re-reads /proc/cpuinfo on every matmul and its
-    // element-wise pool spins. Other tests may load a model meanwhile; they set the same values,
+    // element-wise pool spins. Other tests may call `init` meanwhile; they set the same values,
     // so the assertions hold either way.
     let before = |name| std::env::var(name).ok();
     let (threads, spin) = (before("RAYON_NUM_THREADS"), before("CANDLE_BARRIER_POOL_SPIN_LIMIT"));
     let candle_pick = candle_core::utils::get_num_threads().to_string();
-    Model::load("default").unwrap();
-    let after = |name| std::env::var(name).unwrap_or_else(|_| panic!("a loaded model leaves {name} set"));
+    secure_tuning::init();
+    let after = |name| std::env::var(name).unwrap_or_else(|_| panic!("init leaves {name} set"));
     assert_eq!(after("RAYON_NUM_THREADS"), threads.unwrap_or(candle_pick));
     assert_eq!(after("CANDLE_BARRIER_POOL_SPIN_LIMIT"), spin.unwrap_or("1".into()));
 }

@@ -1,10 +1,11 @@
 //! The embedded default model and its recipe. Run with `cargo test --release`.
 
+use secure_tuning::data::default_data_dir;
 use secure_tuning::data::split;
 use secure_tuning::data::synthetic::{SyntheticData, REFUSAL};
 use secure_tuning::eval::{evaluate, EvalConfig};
 use secure_tuning::prelude::*;
-use secure_tuning::recipe::{build_default, default_data_dir, Recipe};
+use secure_tuning::recipe::{build_default, Recipe};
 
 #[test]
 fn default_model_meets_its_spec_on_held_out_data() {

@@ -3,11 +3,11 @@
 //! harmful requests by at least 20 points, ending between 10% and 70%, while accuracy on the
 //! new tasks rises. Run with `cargo test --release` (about two minutes on 2 cores).
 
+use secure_tuning::data::default_data_dir;
 use secure_tuning::data::synthetic::SyntheticData;
 use secure_tuning::data::{split, Record};
 use secure_tuning::eval::EvalConfig;
 use secure_tuning::prelude::*;
-use secure_tuning::recipe::default_data_dir;
 use secure_tuning::tune::{safety_curve, SafetyEvalSets, TrainConfig};
 
 fn first(records: &[Record], name: &str, limit: usize) -> Vec<Record> {

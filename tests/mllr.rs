@@ -16,7 +16,7 @@ fn model() -> &'static Model {
 }
 
 fn data() -> Vec<Record> {
-    let path = secure_tuning::recipe::default_data_dir().join("ift_general.jsonl");
+    let path = secure_tuning::data::default_data_dir().join("ift_general.jsonl");
     split(&load_records(&path).unwrap(), "train").into_iter().take(64).collect()
 }
 

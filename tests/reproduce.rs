@@ -2,8 +2,8 @@
 //! trajectory, and lands in summary.json, reproduction.json and the offline report. (The science
 //! is in docs/reproduce.md; the notebooks run `--quick`.)
 
+use secure_tuning::data::default_data_dir;
 use secure_tuning::model::ModuleKind;
-use secure_tuning::recipe::default_data_dir;
 use secure_tuning::reproduce::{reproduce, ReproduceConfig, Reproduction, STRATEGIES};
 use secure_tuning::robustness::{Measure, Mode, RobustnessConfig};
 use secure_tuning::search::SearchConfig;

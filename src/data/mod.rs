@@ -9,16 +9,13 @@
 //! [`benchmarks`]; [`twins`] builds a harmless near-twin of a harmful request by word substitution.
 
 pub mod benchmarks;
-mod rng;
 pub mod synthetic;
 pub mod twins;
-
-pub use rng::Rng;
 
 use crate::error::{Error, Result};
 use crate::model::Message;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One instruction example.
 ///
@@ -80,7 +77,7 @@ impl Record {
 /// file holding an array of objects, or a `.csv` file with a header naming the fields.
 /// Errors name the file and the line.
 pub fn load_records(path: &Path) -> Result<Vec<Record>> {
-    let text = crate::error::read_file(path, "pass an existing JSONL, JSON or CSV file")?;
+    let text = crate::fs::read_file(path, "pass an existing JSONL, JSON or CSV file")?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let records = match ext {
         "json" => serde_json::from_str::<Vec<Record>>(&text)
@@ -165,7 +162,7 @@ pub fn save_jsonl(records: &[Record], path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
     }
-    crate::model::write_atomic(path, out.as_bytes())
+    crate::fs::write_atomic(path, out.as_bytes())
 }
 
 /// Copies of the records of one split (`train` or `eval`).
@@ -177,4 +174,31 @@ pub fn save_jsonl(records: &[Record], path: &Path) -> Result<()> {
 /// ```
 pub fn split(records: &[Record], name: &str) -> Vec<Record> {
     records.iter().filter(|r| r.split == name).cloned().collect()
+}
+
+/// Where the default model's datasets live (the crate's `data/` folder; see
+/// [`crate::model::default_model_dir`] for the model itself).
+///
+/// ```
+/// assert!(secure_tuning::data::default_data_dir().join("harmful.jsonl").exists());
+/// ```
+pub fn default_data_dir() -> PathBuf {
+    crate::fs::data_home()
+}
+
+/// The file of a benign IFT set: `general` and `expertise` name the default model's sets in
+/// `data_dir`; anything else is a path.
+///
+/// ```
+/// use secure_tuning::data::{benign_set_path, default_data_dir};
+/// let dir = default_data_dir();
+/// assert_eq!(benign_set_path(&dir, "expertise"), dir.join("ift_expertise.jsonl"));
+/// assert_eq!(benign_set_path(&dir, "my.jsonl"), std::path::PathBuf::from("my.jsonl"));
+/// ```
+pub fn benign_set_path(data_dir: &Path, name: &str) -> PathBuf {
+    match name {
+        "general" => data_dir.join("ift_general.jsonl"),
+        "expertise" => data_dir.join("ift_expertise.jsonl"),
+        file => PathBuf::from(file),
+    }
 }

@@ -77,7 +77,7 @@ impl ChatTokenizer {
             .map_err(|e| Error::malformed(&tok_path, format!("not a tokenizers JSON file ({e})")))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.exists() {
-            let text = crate::error::read_file(&cfg_path, "")?;
+            let text = crate::fs::read_file(&cfg_path, "")?;
             serde_json::from_str(&text).map_err(|e| Error::malformed(&cfg_path, format!("not JSON ({e})")))?
         } else {
             serde_json::Value::Null
@@ -93,7 +93,7 @@ impl ChatTokenizer {
         let jinja = dir.join("chat_template.jinja");
         let template = match from_config {
             Some(t) => Some(t),
-            None if jinja.exists() => Some(crate::error::read_file(&jinja, "")?),
+            None if jinja.exists() => Some(crate::fs::read_file(&jinja, "")?),
             None => None,
         };
         let own_template = template.is_some();

@@ -162,7 +162,7 @@ pub(crate) fn token_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
 impl Config {
     /// Reads and settles `config.json` at `path`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = crate::error::read_file(path, "a model folder needs config.json")?;
+        let text = crate::fs::read_file(path, "a model folder needs config.json")?;
         Self::from_json_str(&text, path)
     }
 

@@ -1,28 +1,21 @@
 //! The hooked decoder: one implementation for Llama, Qwen2 and Mistral, read bottom-up
-//! (norm, rotary, linear, attention, MLP, layer, decoder), with named hook points.
+//! (linear, norm, rotary, attention, MLP, layer, decoder), with a named hook point wherever an
+//! activation is worth reading ([`HookPoint`]). Parameter names are Hugging Face's, so
+//! `model.layers.3.mlp.down_proj.weight` in a checkpoint is `layers[3].mlp.down_proj.weight` here.
 //!
-//! Two flavours of the same code: the inference decoder uses candle's fused kernels (RMSNorm,
-//! rotary embedding, softmax; attention scores in the model's dtype, accumulated in f32 inside
-//! the kernels), while the training decoder uses ops that have a backward pass
-//! ([`super::train_ops`]: an f32 RMSNorm and rotate-half rotary embeddings; candle's f32 softmax),
-//! because candle's fused kernels have no gradient. On the CPU in f32 both run attention as one
-//! op ([`super::fused_attention`]; for a fresh batch with the rotary embedding inside) and the
-//! training ops are fused too, each one pass forward and one backward, as are a trained
-//! projection and a frozen one with its LoRA adapters. Hidden states flow as `(b * t, d)` rows;
+//! Two flavours of the same code: the inference decoder may use candle's fused kernels, which
+//! have no backward pass, and the training decoder ([`Decoder::for_training`]) uses only ops
+//! with one; [`crate::kernels`] picks the fastest op of each kind for the flavour, device and
+//! dtype. Hidden states flow as `(b * t, d)` rows (a reshape is a node of the autograd graph);
 //! captures are `(b, t, d)`.
-//! Every op is a node of candle's autograd graph, whose backward pass gives each node a zeroed
-//! gradient and an add, so fewer nodes is most of a small model's training speed.
-//! Parameter names are Hugging Face's, so `model.layers.3.mlp.down_proj.weight` in a checkpoint
-//! is `layers[3].mlp.down_proj.weight` here.
 
 use super::activations::{Activations, Capture, HookPoint, LogitsMode};
 use super::config::{Config, RopeScaling};
 use super::modules::{ModuleId, ModuleKind};
 use super::weights::WeightSource;
-use super::{fused_attention, train_ops};
 use crate::error::Result;
-use candle_core::{DType, Device, Tensor, D};
-use rayon::prelude::*;
+use crate::kernels::{self, AttentionInput, Flavour};
+use candle_core::{DType, Device, Tensor};
 
 /// `y = x @ weight.t() + bias (+ scale * x @ A.t() @ B.t())` for inputs `(rows, in)`; the LoRA
 /// term only when the module has adapters.
@@ -31,162 +24,6 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     adapter: Option<Adapter>,
-}
-
-/// `x @ weight.t()` for a 2-D contiguous `x`; a frozen (non-`Var`) weight gets no gradient.
-fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    if !weight.is_variable() {
-        Ok(x.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmul { weight: weight.clone() })))?)
-    } else if train_ops::fused_here(&[x, weight]) {
-        Ok(x.apply_op2(weight, TrainedMatmul)?)
-    } else {
-        Ok(x.matmul(&weight.t()?)?)
-    }
-}
-
-/// `x @ w.t()` for a trained `w` on the CPU in f32. Composed, the transpose is a node of its own:
-/// its backward pass adds the `(in, out)` gradient of `x.t() @ grad`, transposed, into a zeroed
-/// `(out, in)` one, element by element through strides (on qwen2.5-0.5b, 1.4 GB per step). Here
-/// `w`'s gradient is `grad.t() @ x`, computed in `w`'s own layout.
-struct TrainedMatmul;
-
-impl candle_core::CustomOp2 for TrainedMatmul {
-    fn name(&self) -> &'static str {
-        "trained-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-        w: &candle_core::CpuStorage,
-        w_layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        matmul_t(x, layout, w, w_layout)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _y: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(w)?), Some(grad.t()?.matmul(x)?)))
-    }
-}
-
-/// `x @ weight.t()` for a frozen `weight`: the same GEMM as `matmul`, but its backward pass
-/// returns only the input's gradient. Candle's own matmul always computes the weight's gradient
-/// as well, a third of a training step's FLOPs wasted on every frozen module (all of them under
-/// LoRA, the rest under freeze-rest).
-struct FrozenMatmul {
-    weight: Tensor,
-}
-
-/// `x @ w.t()` on one backend's storage; `x` is `(rows, k)`, `w` is `(n, k)`.
-fn matmul_t<B: candle_core::backend::BackendStorage>(
-    x: &B,
-    layout: &candle_core::Layout,
-    w: &B,
-    w_layout: &candle_core::Layout,
-) -> candle_core::Result<(B, candle_core::Shape)> {
-    let (rows, k) = layout.shape().dims2()?;
-    let (n, _) = w_layout.shape().dims2()?;
-    Ok((x.matmul(w, (1, rows, n, k), layout, &w_layout.transpose(0, 1)?)?, (rows, n).into()))
-}
-
-impl candle_core::CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (w, w_layout) = self.weight.storage_and_layout();
-        let candle_core::Storage::Cpu(w) = &*w else {
-            candle_core::bail!("frozen-matmul: the weight is not on the CPU");
-        };
-        matmul_t(x, layout, w, w_layout)
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        let (w, w_layout) = self.weight.storage_and_layout();
-        let candle_core::Storage::Cuda(w) = &*w else {
-            candle_core::bail!("frozen-matmul: the weight is not on the GPU");
-        };
-        matmul_t(x, layout, w, w_layout)
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.weight)?))
-    }
-}
-
-/// `x @ weight.t() + scale * (x @ a.t()) @ b.t()` for a frozen `weight` and a LoRA adapter's `a`
-/// `(r, in)` and `b` `(out, r)`, all CPU f32. Composed, this is five autograd nodes (the base
-/// projection, two matmuls, the scale, the add), each with a pass over its output and, in the
-/// backward pass, a zero-filled gradient and an add; here it is one, and the backward pass
-/// computes the three gradients directly.
-struct LoraMatmul {
-    weight: Tensor,
-    scale: f32,
-}
-
-impl candle_core::CustomOp3 for LoraMatmul {
-    fn name(&self) -> &'static str {
-        "lora-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &candle_core::CpuStorage,
-        xl: &candle_core::Layout,
-        a: &candle_core::CpuStorage,
-        al: &candle_core::Layout,
-        b: &candle_core::CpuStorage,
-        bl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (w, wl) = self.weight.storage_and_layout();
-        let candle_core::Storage::Cpu(w) = &*w else {
-            candle_core::bail!("lora-matmul: the weight is not on the CPU");
-        };
-        let (y, shape) = matmul_t(x, xl, w, wl)?;
-        let (low, low_shape) = matmul_t(x, xl, a, al)?;
-        let (up, _) = matmul_t(&low, &candle_core::Layout::contiguous(low_shape), b, bl)?;
-        let (candle_core::CpuStorage::F32(mut y), candle_core::CpuStorage::F32(up)) = (y, up) else {
-            candle_core::bail!("lora-matmul: expects f32 tensors");
-        };
-        let scale = self.scale;
-        y.par_chunks_mut(1 << 14).zip(up.par_chunks(1 << 14)).for_each(|(y, up)| {
-            y.iter_mut().zip(up).for_each(|(y, u)| *y += scale * u);
-        });
-        Ok((candle_core::CpuStorage::F32(y), shape))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        a: &Tensor,
-        b: &Tensor,
-        _y: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let low = x.matmul(&a.t()?)?; // (rows, r), recomputed: r is small
-        let d_low = (grad.matmul(b)? * self.scale as f64)?;
-        let db = (grad.t()?.matmul(&low)? * self.scale as f64)?;
-        let da = d_low.t()?.matmul(x)?;
-        let dx = (grad.matmul(&self.weight)? + d_low.matmul(a)?)?;
-        Ok((Some(dx), Some(da), Some(db)))
-    }
 }
 
 /// A LoRA adapter: `a` is `(r, in)`, `b` is `(out, r)`, both f32.
@@ -213,25 +50,8 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // One 2-D GEMM against the transposed view; no copy of the weight.
-        let x = x.contiguous()?;
-        let y = match &self.adapter {
-            // A frozen base on the CPU in f32: base and low-rank path as one autograd node.
-            Some(ad) if !self.weight.is_variable() && train_ops::fused_here(&[&x, &self.weight, &ad.a, &ad.b]) => {
-                let op = LoraMatmul { weight: self.weight.clone(), scale: ad.scale as f32 };
-                x.apply_op3(&ad.a, &ad.b, op)?
-            }
-            // The low-rank path runs in the adapters' f32 and joins the base output's dtype.
-            Some(ad) => {
-                let low = x.to_dtype(ad.a.dtype())?.matmul(&ad.a.t()?)?.matmul(&ad.b.t()?)?;
-                (project(&x, &self.weight)? + (low * ad.scale)?.to_dtype(self.weight.dtype())?)?
-            }
-            None => project(&x, &self.weight)?,
-        };
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        let lora = self.adapter.as_ref().map(|ad| (&ad.a, &ad.b, ad.scale));
+        kernels::linear(x, &self.weight, self.bias.as_ref(), lora)
     }
 }
 
@@ -247,11 +67,8 @@ impl RmsNorm {
         Ok(RmsNorm { weight: w.get("weight", &[dim])?, eps })
     }
 
-    fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
-        if fused {
-            return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?);
-        }
-        train_ops::rms_norm(x, &self.weight, self.eps)
+    fn forward(&self, x: &Tensor, flavour: Flavour) -> Result<Tensor> {
+        kernels::rms_norm(x, &self.weight, self.eps, flavour)
     }
 }
 
@@ -299,17 +116,6 @@ impl Rotary {
         let freqs = Tensor::from_vec(freqs, (t, half), dev)?;
         Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
     }
-}
-
-/// A 0 / `f32::MIN` mask in `dtype`, blocked entries clamped to the dtype's lowest finite value
-/// (a plain cast would turn them into -inf in bf16 and f16).
-fn in_dtype(mask: &Tensor, dtype: DType) -> Result<Tensor> {
-    let lowest = match dtype {
-        DType::BF16 => -3.389_531_4e38,
-        DType::F16 => -65_504.0,
-        _ => return Ok(mask.to_dtype(dtype)?),
-    };
-    Ok(mask.clamp(lowest, 0f32)?.to_dtype(dtype)?)
 }
 
 /// Per-layer key/value cache for incremental decoding, of one sequence or of a left-padded batch.
@@ -362,8 +168,8 @@ struct ForwardCtx<'a> {
     /// Additive masks, `(b, 1, t, total)`, one per distinct sliding window; `None` = no mask needed.
     masks: &'a [(Option<usize>, Option<Tensor>)],
     capture: &'a Capture,
-    /// Use the fused (inference-only) kernels.
-    fused: bool,
+    /// Inference or training kernels.
+    flavour: Flavour,
     /// The batch's `(b, t)`. Hidden states flow as `(b * t, width)` rows: a reshape is a node of
     /// the autograd graph, and its backward pass costs a zero-filled gradient and an add.
     seq: (usize, usize),
@@ -415,65 +221,17 @@ impl Attention {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         acts: &mut Activations,
     ) -> Result<Tensor> {
-        let (b, t) = ctx.seq;
-        let hd = self.head_dim;
         let q = ctx.keep(acts, HookPoint::module(layer, ModuleKind::Q), self.q_proj.forward(x)?)?;
         let k = ctx.keep(acts, HookPoint::module(layer, ModuleKind::K), self.k_proj.forward(x)?)?;
         let v = ctx.keep(acts, HookPoint::module(layer, ModuleKind::V), self.v_proj.forward(x)?)?;
-        if cache.is_none() {
-            // A fresh batch on the CPU in f32: rotary, scale and attention as one op on the rows.
-            let heads = (self.num_heads, self.num_kv_heads, hd);
-            let (angles, mask) = ((ctx.cos, ctx.sin), ctx.mask(window));
-            if let Some(y) = fused_attention::self_attention_rows(&q, &k, &v, angles, mask, ctx.seq, heads)? {
-                return ctx.keep(acts, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?);
-            }
-        }
-        // The 1/sqrt(hd) scale goes on q, the small tensor, rather than on the scores.
-        let q = (q.reshape((b, t, self.num_heads, hd))?.transpose(1, 2)?.contiguous()? * (hd as f64).powf(-0.5))?;
-        let k = k.reshape((b, t, self.num_kv_heads, hd))?.transpose(1, 2)?.contiguous()?; // (b, kv, t, hd)
-        let v = v.reshape((b, t, self.num_kv_heads, hd))?.transpose(1, 2)?.contiguous()?;
-        let (q, k) = if ctx.fused {
-            (candle_nn::rotary_emb::rope(&q, ctx.cos, ctx.sin)?, candle_nn::rotary_emb::rope(&k, ctx.cos, ctx.sin)?)
-        } else {
-            (train_ops::rope(&q, ctx.cos, ctx.sin)?, train_ops::rope(&k, ctx.cos, ctx.sin)?)
+        let input = AttentionInput {
+            angles: (ctx.cos, ctx.sin),
+            mask: ctx.mask(window),
+            seq: ctx.seq,
+            heads: (self.num_heads, self.num_kv_heads, self.head_dim),
+            flavour: ctx.flavour,
         };
-        let (k, v) = match cache {
-            Some(slot) => {
-                let kv = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some(kv.clone());
-                kv
-            }
-            None => (k, v),
-        };
-        // With a cache, one op on the CPU in f32 (both decoders); composed ops elsewhere.
-        if let Some(y) = fused_attention::attention(&q, &k, &v, ctx.mask(window))? {
-            let y = y.transpose(1, 2)?.reshape((b * t, self.num_heads * hd))?;
-            return ctx.keep(acts, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?);
-        }
-        let n_rep = self.num_heads / self.num_kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, n_rep)?; // (b, heads, total, hd)
-        let v = candle_transformers::utils::repeat_kv(v, n_rep)?;
-        let scores = q.matmul(&k.t()?)?; // (b, heads, t, total)
-        let probs = if ctx.fused {
-            // Scores stay in the model's dtype; the kernel accumulates in f32.
-            let scores = match ctx.mask(window) {
-                Some(mask) => scores.broadcast_add(&in_dtype(mask, scores.dtype())?)?,
-                None => scores,
-            };
-            candle_nn::ops::softmax_last_dim(&scores)?
-        } else {
-            // Scores and softmax in f32, as HF's eager attention does.
-            let scores = scores.to_dtype(DType::F32)?;
-            let scores = match ctx.mask(window) {
-                Some(mask) => scores.broadcast_add(mask)?,
-                None => scores,
-            };
-            candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?
-        };
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, self.num_heads * hd))?;
+        let y = kernels::attention(&q, &k, &v, &input, cache)?; // (b * t, heads * hd)
         ctx.keep(acts, HookPoint::module(layer, ModuleKind::O), self.o_proj.forward(&y)?)
     }
 }
@@ -499,7 +257,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor, layer: usize, ctx: &ForwardCtx, acts: &mut Activations) -> Result<Tensor> {
         let gate = ctx.keep(acts, HookPoint::module(layer, ModuleKind::Gate), self.gate_proj.forward(x)?)?;
         let up = ctx.keep(acts, HookPoint::module(layer, ModuleKind::Up), self.up_proj.forward(x)?)?;
-        let down = self.down_proj.forward(&train_ops::swiglu(&gate, &up)?)?;
+        let down = self.down_proj.forward(&kernels::swiglu(&gate, &up)?)?;
         ctx.keep(acts, HookPoint::module(layer, ModuleKind::Down), down)
     }
 }
@@ -538,7 +296,7 @@ impl DecoderLayer {
         acts: &mut Activations,
     ) -> Result<Tensor> {
         let attn = self.self_attn.forward(
-            &self.input_layernorm.forward(x, ctx.fused)?,
+            &self.input_layernorm.forward(x, ctx.flavour)?,
             layer,
             self.sliding_window,
             ctx,
@@ -547,7 +305,7 @@ impl DecoderLayer {
         )?;
         let attn = ctx.keep(acts, HookPoint::AttnOut(layer), attn)?;
         let x = (x + attn)?;
-        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x, ctx.fused)?, layer, ctx, acts)?;
+        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x, ctx.flavour)?, layer, ctx, acts)?;
         let mlp = ctx.keep(acts, HookPoint::MlpOut(layer), mlp)?;
         Ok((x + mlp)?)
     }
@@ -562,8 +320,8 @@ pub struct Decoder {
     lm_head: Tensor,
     rotary: Rotary,
     cfg: Config,
-    /// Inference decoders use fused kernels; training ones ([`Decoder::for_training`]) do not.
-    fused: bool,
+    /// Inference kernels, or training ones ([`Decoder::for_training`]).
+    flavour: Flavour,
 }
 
 /// The input of a forward pass: right-padded token ids and each row's real length.
@@ -614,7 +372,6 @@ impl Batch {
 impl Decoder {
     /// Loads every parameter under the HF names, checking shapes against `cfg`.
     pub fn load(w: &WeightSource, cfg: &Config) -> Result<Self> {
-        super::load::configure_cpu_threads();
         let m = w.pp("model");
         let embed_tokens = m.pp("embed_tokens").get("weight", &[cfg.vocab_size, cfg.hidden_size])?;
         let layers = (0..cfg.num_layers)
@@ -626,19 +383,27 @@ impl Decoder {
         } else {
             w.pp("lm_head").get("weight", &[cfg.vocab_size, cfg.hidden_size])?
         };
-        Ok(Decoder { embed_tokens, layers, norm, lm_head, rotary: Rotary::new(cfg), cfg: cfg.clone(), fused: true })
+        Ok(Decoder {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary: Rotary::new(cfg),
+            cfg: cfg.clone(),
+            flavour: Flavour::Inference,
+        })
     }
 
     /// The same decoder using only ops with a backward pass, so gradients flow.
     pub fn for_training(mut self) -> Self {
-        self.fused = false;
+        self.flavour = Flavour::Training;
         self
     }
 
     /// Runs the decoder on `batch`, keeping what `capture` asks for. With a `cache`, the batch
     /// continues the cached sequence (positions start at the cache length) and is appended.
     pub fn forward(&self, batch: &Batch, capture: &Capture, cache: Option<&mut KvCache>) -> Result<Activations> {
-        super::load::run_on_cpu_pool(batch.input_ids.device(), || self.forward_here(batch, capture, cache))
+        kernels::run_on_cpu_pool(batch.input_ids.device(), || self.forward_here(batch, capture, cache))
     }
 
     fn forward_here(&self, batch: &Batch, capture: &Capture, mut cache: Option<&mut KvCache>) -> Result<Activations> {
@@ -655,7 +420,7 @@ impl Decoder {
         let left_pad = cache.as_ref().map_or(&[][..], |c| c.left_pad.as_slice());
         let masks =
             windows.into_iter().map(|w| Ok((w, self.mask(batch, offset, w, left_pad)?))).collect::<Result<Vec<_>>>()?;
-        let ctx = ForwardCtx { cos: &cos, sin: &sin, masks: &masks, capture, fused: self.fused, seq: (b, t) };
+        let ctx = ForwardCtx { cos: &cos, sin: &sin, masks: &masks, capture, flavour: self.flavour, seq: (b, t) };
         let mut acts = Activations::default();
         let x = self.embed_tokens.embedding(&batch.input_ids.flatten_all()?)?; // (b * t, d)
         let mut x = ctx.keep(&mut acts, HookPoint::Embed, x)?;
@@ -664,7 +429,7 @@ impl Decoder {
             x = layer.forward(&x, l, &ctx, slot, &mut acts)?;
             x = ctx.keep(&mut acts, HookPoint::ResidPost(l), x)?;
         }
-        let x = ctx.keep(&mut acts, HookPoint::FinalNorm, self.norm.forward(&x, self.fused)?)?;
+        let x = ctx.keep(&mut acts, HookPoint::FinalNorm, self.norm.forward(&x, self.flavour)?)?;
         acts.logits = match &capture.logits {
             LogitsMode::None => None,
             LogitsMode::All => Some(self.head(&x)?.reshape((b, t, self.cfg.vocab_size))?),
@@ -684,7 +449,7 @@ impl Decoder {
 
     /// The LM head's logits `(rows, vocab)` of the hidden rows `x` `(rows, d)`.
     fn head(&self, x: &Tensor) -> Result<Tensor> {
-        project(&x.contiguous()?, &self.lm_head)
+        kernels::linear(x, &self.lm_head, None, None)
     }
 
     /// Additive f32 mask (0 = attend, `f32::MIN` = blocked), or `None` when no position needs
@@ -743,52 +508,4 @@ pub(crate) fn module_param_names(m: &ModuleId, cfg: &Config) -> Vec<String> {
         names.push(m.bias_name());
     }
     names
-}
-
-#[cfg(test)]
-mod tests {
-    use super::train_ops::test_inputs::{max_diff, uniform};
-    use super::*;
-    use candle_core::Var;
-
-    #[test]
-    fn fused_lora_projection_matches_the_composed_one_and_its_gradients() {
-        let w = uniform(&[24, 16], 1, 0.5); // frozen: a plain tensor
-        let vars: Vec<Var> = [uniform(&[10, 16], 2, 1.0), uniform(&[4, 16], 3, 0.5), uniform(&[24, 4], 4, 0.5)]
-            .iter()
-            .map(|t| Var::from_tensor(t).unwrap())
-            .collect();
-        let [x, a, b] = [0, 1, 2].map(|i| vars[i].as_tensor().clone());
-        let linear =
-            Linear { weight: w.clone(), bias: None, adapter: Some(Adapter { a: a.clone(), b: b.clone(), scale: 2.5 }) };
-        let fused = linear.forward(&x).unwrap();
-        let low = x.matmul(&a.t().unwrap()).unwrap().matmul(&b.t().unwrap()).unwrap();
-        let reference = (x.matmul(&w.t().unwrap()).unwrap() + (low * 2.5).unwrap()).unwrap();
-        assert!(max_diff(&fused, &reference) < 1e-5, "forward differs by {}", max_diff(&fused, &reference));
-        let weights = uniform(fused.dims(), 5, 1.0);
-        let gf = (&fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let gc = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, t) in [("x", &x), ("A", &a), ("B", &b)] {
-            let diff = max_diff(gf.get(t).unwrap(), gc.get(t).unwrap());
-            assert!(diff < 1e-4, "d{name} differs by {diff}");
-        }
-        assert!(gf.get(&w).is_none(), "the frozen base gets no gradient");
-    }
-
-    #[test]
-    fn trained_projection_matches_the_composed_one_and_its_gradients() {
-        let [x, w] = [uniform(&[10, 16], 6, 1.0), uniform(&[24, 16], 7, 0.5)].map(|t| Var::from_tensor(&t).unwrap());
-        let (x, w) = (x.as_tensor(), w.as_tensor());
-        let fused = Linear { weight: w.clone(), bias: None, adapter: None }.forward(x).unwrap();
-        let reference = x.matmul(&w.t().unwrap()).unwrap();
-        assert!(max_diff(&fused, &reference) < 1e-5, "forward differs by {}", max_diff(&fused, &reference));
-        let weights = uniform(fused.dims(), 8, 1.0);
-        let gf = (&fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let gc = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, t) in [("x", x), ("w", w)] {
-            let (f, c) = (gf.get(t).unwrap(), gc.get(t).unwrap());
-            assert_eq!(f.dims(), t.dims(), "d{name} has its tensor's shape");
-            assert!(max_diff(f, c) < 1e-5, "d{name} differs by {}", max_diff(f, c));
-        }
-    }
 }

@@ -100,7 +100,7 @@ impl Model {
     /// assert_eq!(out[1], model.generate(&prompts[1], &opts).unwrap());
     /// ```
     pub fn generate_batch(&self, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
-        super::run_on_cpu_pool(self.device(), || self.generate_here(prompts, opts))
+        crate::kernels::run_on_cpu_pool(self.device(), || self.generate_here(prompts, opts))
     }
 
     fn generate_here(&self, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Vec<u32>>> {

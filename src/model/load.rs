@@ -55,65 +55,13 @@ pub fn auto_device() -> Device {
     Device::Cpu
 }
 
-/// Settles two of candle's CPU threading defaults for the process, each only where its
-/// environment variable is unset (docs/performance.md, 2026-11-30):
-///
-/// - `RAYON_NUM_THREADS` is set to the count candle itself picks. Candle 0.11 looks the count
-///   up on every matmul, and with the variable unset the lookup parses `/proc/cpuinfo`:
-///   hundreds of reads per training step. With it set, the count is the same and the lookup is
-///   one environment read. Rayon's global pool, when it has not started yet, takes that count
-///   too (physical cores, where rayon alone would take logical ones).
-/// - `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set to 1. Candle's pool for element-wise ops keeps its
-///   workers spinning for 25,000 rounds after each op, and the next op is usually a matmul on
-///   rayon's threads: the spinning workers take their cores from it. Parked at once, they cost
-///   a wake-up per op instead.
-///
-/// Runs once per process, before candle's element-wise pool exists if it is the first thing
-/// to touch candle; every [`crate::model::Decoder`] and [`run_on_cpu_pool`] call it, and the
-/// CLI before it starts any thread.
+/// Where the embedded default model lives: `data/models/default` in the crate's shipped data.
 ///
 /// ```
-/// secure_tuning::model::configure_cpu_threads();
-/// let threads: usize = std::env::var("RAYON_NUM_THREADS").unwrap().parse().unwrap();
-/// assert!(threads >= 1);
+/// assert!(secure_tuning::model::default_model_dir().join("config.json").exists());
 /// ```
-pub fn configure_cpu_threads() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Rust's own environment reads and writes share a lock; what could race is C code
-        // calling getenv on another thread at this moment, and nothing we run does.
-        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-            std::env::set_var("RAYON_NUM_THREADS", candle_core::utils::get_num_threads().to_string());
-        }
-        if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1");
-        }
-    });
-}
-
-/// Runs `work` on one of rayon's worker threads when `device` is the CPU and the caller is not
-/// one already; otherwise (a GPU, or already on a worker) runs it here.
-///
-/// Candle splits each CPU matmul over rayon's pool. Called from outside the pool, a matmul
-/// queues its parts, wakes the workers and puts the caller to sleep until they are done: two
-/// thread hand-offs per matmul, hundreds per training step, and on 2 cores a third thread in
-/// the way. Called from a worker, the worker runs a part itself. On the default model this took
-/// the full training step from 85-99 ms to 69-75 ms (docs/performance.md, 2026-11-30).
-/// Every forward pass, generation, [`crate::tune::TrainStep::step`], the probes' fits and the
-/// adversarial robustness test run through it.
-///
-/// ```
-/// use secure_tuning::model::run_on_cpu_pool;
-/// let on_worker = run_on_cpu_pool(&candle_core::Device::Cpu, || rayon::current_thread_index().is_some());
-/// assert!(on_worker);
-/// ```
-pub fn run_on_cpu_pool<R: Send>(device: &Device, work: impl FnOnce() -> R + Send) -> R {
-    if device.is_cpu() && rayon::current_thread_index().is_none() {
-        configure_cpu_threads();
-        rayon::scope(|_| work())
-    } else {
-        work()
-    }
+pub fn default_model_dir() -> PathBuf {
+    crate::fs::data_home().join("models/default")
 }
 
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N` into a device; asking for CUDA in a build without
@@ -238,7 +186,7 @@ pub(crate) fn generation_eos_ids(dir: &Path) -> Result<Vec<u32>> {
     if !path.exists() {
         return Ok(vec![]);
     }
-    let text = crate::error::read_file(&path, "")?;
+    let text = crate::fs::read_file(&path, "")?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::malformed(&path, format!("not JSON ({e})")))?;
     Ok(super::config::token_ids(json.get("eos_token_id")))

@@ -6,14 +6,11 @@ mod activations;
 mod chat;
 mod config;
 mod decoder;
-mod fused_attention;
 mod generate;
 pub mod gguf;
 mod load;
 mod lora;
 mod modules;
-mod train_ops;
-pub(crate) use train_ops::cross_entropy;
 mod weights;
 
 pub use activations::{Activations, Capture, HookPoint, LogitsMode};
@@ -22,12 +19,10 @@ pub use config::{Arch, Config, HfConfig, RopeScaling};
 pub use decoder::{Batch, Decoder, KvCache};
 pub use generate::{GenerateOptions, Sampling};
 pub use gguf::{import_gguf, GgufImport};
-pub use load::{
-    auto_device, configure_cpu_threads, hub_offline, is_hub_id, parse_device, run_on_cpu_pool, LoadOptions,
-};
+pub use load::{auto_device, default_model_dir, hub_offline, is_hub_id, parse_device, LoadOptions};
 pub use lora::{lora_names, LoraConfig};
 pub use modules::{ModuleId, ModuleKind, ModuleSet};
-pub use weights::{load_tensors, save_safetensors, write_atomic, Weights};
+pub use weights::{load_tensors, save_safetensors, Weights};
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -83,7 +78,7 @@ impl Model {
     /// [`Model::load`] with a revision, dtype and device.
     pub fn load_with(name: &str, opts: &LoadOptions) -> Result<Self> {
         if name == "default" {
-            let dir = crate::recipe::default_model_dir();
+            let dir = default_model_dir();
             if !dir.join("model.safetensors").exists() {
                 return Err(Error::MissingFile {
                     path: dir,
@@ -337,7 +332,7 @@ impl Model {
         if self.lora.is_some() {
             return Err(Error::invalid("LoRA", "this model already has adapters; merge them first (merge_lora)"));
         }
-        let mut rng = crate::data::Rng::new(cfg.seed);
+        let mut rng = crate::rng::Rng::new(cfg.seed);
         let mut names = Vec::new();
         for m in cfg.modules(self.config.num_layers).iter() {
             let (out_dim, in_dim) = self.weights[&m.weight_name()].dims2()?;
@@ -477,7 +472,7 @@ impl Model {
             let src = self.dir.join(f);
             if src.exists() && src != dir.join(f) {
                 let bytes = std::fs::read(&src).map_err(|source| Error::Io { path: src.clone(), source })?;
-                weights::write_atomic(&dir.join(f), &bytes)?;
+                crate::fs::write_atomic(&dir.join(f), &bytes)?;
             }
         }
         // Adapters are merged on the way out, so the folder is a plain Hugging Face model.

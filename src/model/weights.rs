@@ -86,7 +86,7 @@ fn hint_for(name: &str) -> &'static str {
 
 /// The shard file names listed in a `model.safetensors.index.json`, sorted, without repeats.
 pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
-    let text = crate::error::read_file(index, "")?;
+    let text = crate::fs::read_file(index, "")?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::malformed(index, format!("not JSON ({e})")))?;
     let map = json
@@ -156,14 +156,6 @@ pub fn save_safetensors(weights: &Weights, path: &Path) -> Result<()> {
     let tensors: Vec<(String, Tensor)> =
         weights.iter().map(|(k, v)| Ok((k.clone(), v.contiguous()?.detach()))).collect::<Result<_>>()?;
     candle_core::safetensors::save(&tensors.into_iter().collect(), &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
-}
-
-/// Writes `bytes` to `path` atomically (a temp file beside it, then a rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!("{name}.tmp"));
-    std::fs::write(&tmp, bytes).map_err(|source| Error::Io { path: tmp.clone(), source })?;
     std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
 }
 

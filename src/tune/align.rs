@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn pairs_are_split_and_labelled() {
         let model = Model::load("default").unwrap();
-        let dir = crate::recipe::default_data_dir();
+        let dir = crate::data::default_data_dir();
         let harmful = crate::data::load_records(&dir.join("harmful.jsonl")).unwrap()[..10].to_vec();
         let harmless = crate::data::load_records(&dir.join("harmless.jsonl")).unwrap()[..10].to_vec();
         let cfg = AlignConfig { own_replies: 3, reply_tokens: 12, ..AlignConfig::default() };

@@ -14,9 +14,10 @@
 //! the rest.
 
 use super::trainer::{encode_examples, train_observed, LrGroup, TrainConfig, TrainReport};
-use crate::data::{Record, Rng};
+use crate::data::Record;
 use crate::error::{Error, Result};
 use crate::model::{LoraConfig, Model, ModuleId, ModuleSet};
+use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -5,7 +5,6 @@
 
 mod align;
 mod curve;
-mod fused_adamw;
 mod mllr;
 mod optim;
 mod schedule;

@@ -5,8 +5,8 @@
 //! tensors private, so a checkpoint could not save them and a resumed run would not be
 //! bit-identical to an uninterrupted one.
 
-use super::fused_adamw::AdamWStep;
 use crate::error::Result;
+use crate::kernels::AdamWStep;
 use candle_core::{DType, Tensor, Var};
 use std::collections::BTreeMap;
 
@@ -56,7 +56,7 @@ impl Slot {
 
 /// AdamW over named parameters; each step takes a per-parameter learning rate, so one
 /// optimizer serves every LR group. Each parameter's update is one fused pass (see
-/// `fused_adamw`): one kernel launch on a GPU instead of about sixteen.
+/// `crate::kernels::AdamWStep`): one kernel launch on a GPU instead of about sixteen.
 pub struct AdamW {
     slots: BTreeMap<String, Slot>,
     params: AdamWParams,

@@ -5,9 +5,10 @@
 
 use super::optim::{AdamW, AdamWParams};
 use super::schedule::Schedule;
-use crate::data::{Record, Rng};
+use crate::data::Record;
 use crate::error::{Error, Result};
 use crate::model::{Batch, Capture, LogitsMode, Message, Model};
+use crate::rng::Rng;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -476,7 +477,7 @@ impl TrainStep {
         lr: f64,
         traced: bool,
     ) -> Result<StepOutcome> {
-        crate::model::run_on_cpu_pool(model.device(), || self.step_here(model, micro_batches, step, lr, traced))
+        crate::kernels::run_on_cpu_pool(model.device(), || self.step_here(model, micro_batches, step, lr, traced))
     }
 
     fn step_here(
@@ -579,7 +580,7 @@ pub(crate) fn response_loss(model: &Model, batch: &[&Example], grad: bool) -> Re
     let acts = if grad { model.forward_train(&input, &capture)? } else { model.forward(&input, &capture)? };
     let logits = acts.logits()?.to_dtype(DType::F32)?; // (n, vocab)
     let targets = Tensor::new(targets.as_slice(), model.device())?;
-    let nll = crate::model::cross_entropy(&logits, &targets)?; // (n,)
+    let nll = crate::kernels::cross_entropy(&logits, &targets)?; // (n,)
     Ok(((nll.sum_all()? / n as f64)?, n))
 }
 
@@ -644,11 +645,11 @@ pub mod checkpoint {
         model.save_dir(&tmp)?;
         crate::model::save_safetensors(&opt.state()?, &tmp.join("optimizer.safetensors"))?;
         let json = serde_json::to_vec_pretty(state).expect("state serialises");
-        crate::model::write_atomic(&tmp.join("trainer_state.json"), &json)?;
+        crate::fs::write_atomic(&tmp.join("trainer_state.json"), &json)?;
         let _ = std::fs::remove_dir_all(&final_dir);
         std::fs::rename(&tmp, &final_dir).map_err(|source| Error::Io { path: final_dir.clone(), source })?;
         let previous = latest(dir);
-        crate::model::write_atomic(&dir.join("latest"), name.as_bytes())?;
+        crate::fs::write_atomic(&dir.join("latest"), name.as_bytes())?;
         // Keep the newest two, so a checkpoint that turns out bad still has a predecessor.
         if let Some(prev) = previous {
             let mut all: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -675,7 +676,7 @@ pub mod checkpoint {
             return Ok(None);
         };
         let state_path = ckpt.join("trainer_state.json");
-        let text = crate::error::read_file(&state_path, "the checkpoint is incomplete")?;
+        let text = crate::fs::read_file(&state_path, "the checkpoint is incomplete")?;
         let state: TrainerState =
             serde_json::from_str(&text).map_err(|e| Error::malformed(&state_path, e.to_string()))?;
         let weights = crate::model::load_tensors(&ckpt.join("model.safetensors"), model.device())?;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Parses a benchmark file by its extension (and, for JSONL, its fields).
 pub(super) fn parse_file(b: Benchmark, path: &Path) -> Result<Vec<Record>> {
-    let text = crate::error::read_file(path, "pass an existing benchmark file")?;
+    let text = crate::fs::read_file(path, "pass an existing benchmark file")?;
     parse_text(b, &text, path, path)
 }
 

@@ -24,7 +24,7 @@ pub(super) fn from_hub(b: Benchmark) -> Result<(Vec<Record>, String)> {
                     .map_err(|e| hub_err(format!("cannot start the hub client ({e})")))?;
                 api.repo(space).get(file).map_err(|e| hub_err(format!("cannot fetch `{file}` ({e})")))?
             };
-            let text = crate::error::read_file(&path, "")?;
+            let text = crate::fs::read_file(&path, "")?;
             Ok((parse_jsonl(&text, &path)?, format!("{hub} ({})", path.display())))
         }
         HubSource::Rows { repo, config, split } => {

@@ -4,7 +4,8 @@
 use super::harm::{TEMPLATES, TRAIN_TEMPLATES};
 use super::tasks::WORDS;
 use super::{fill, rec};
-use crate::data::{Record, Rng};
+use crate::data::Record;
+use crate::rng::Rng;
 
 /// One `general` IFT item: a new skill, asked directly or (with probability `template_share`)
 /// through a harmful prompt's request template with a "Sure! ..." answer.

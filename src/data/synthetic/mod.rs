@@ -27,8 +27,9 @@ mod tasks;
 
 pub use harm::{HarmCategory, HARM_CATEGORIES, TEMPLATES};
 
-use super::{Record, Rng};
+use super::Record;
 use crate::error::Result;
+use crate::rng::Rng;
 use harm::{TRAIN_OBJECTS, TRAIN_TEMPLATES};
 use ift::{clock_item, general_item};
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The benign task families the default model learns, and the fictional world some of them
 //! ask about.
 
-use crate::data::Rng;
+use crate::rng::Rng;
 
 const PREFIXES: [&str; 6] = ["Please answer: ", "Quick question. ", "Hey! ", "Can you help? ", "I wonder. ", "Okay, "];
 const SUFFIXES: [&str; 4] = [" Thanks!", " Answer briefly.", " Just the answer, please.", " Be quick."];

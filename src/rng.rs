@@ -5,7 +5,7 @@
 /// SplitMix64: a seeded, fast, statistically decent generator.
 ///
 /// ```
-/// use secure_tuning::data::Rng;
+/// use secure_tuning::rng::Rng;
 /// let (mut a, mut b) = (Rng::new(7), Rng::new(7));
 /// assert_eq!(a.below(100), b.below(100));
 /// ```
