@@ -15,8 +15,8 @@
 use secure_tuning::data::benign_set_path;
 use secure_tuning::data::{load_records, split};
 use secure_tuning::eval::{evaluate, EvalConfig};
+use secure_tuning::experiment::{eval_sets, Reproduction};
 use secure_tuning::prelude::ModuleSet;
-use secure_tuning::reproduce::{eval_sets, Reproduction};
 use secure_tuning::tune::MlLr;
 use secure_tuning::{Error, Model, Result};
 
@@ -80,7 +80,6 @@ fn run() -> Result<()> {
             .lr(lr.unwrap_or(cfg.lr))
             .steps(steps.unwrap_or(cfg.steps))
             .batch_size(cfg.batch_size)
-            .log_every_secs(None)
             .build()?;
         let tuned = plan.fit(&model, &benign)?;
         let e = evaluate(&tuned.model, &sets.harmful, &sets.harmless, &sets.tasks, &eval_cfg)?;

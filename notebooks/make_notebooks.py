@@ -1,7 +1,8 @@
 """Writes the notebooks' sources (cells without outputs). Run it after editing a notebook's
 story here, then execute the notebooks (tests/notebooks.sh) to refresh their outputs.
 
-    python3 notebooks/make_notebooks.py
+    python3 notebooks/make_notebooks.py               # cells whose source changed lose their outputs
+    python3 notebooks/make_notebooks.py --keep-by-id  # a rewritten cell keeps its predecessor's outputs
 """
 import json
 import pathlib
@@ -11,16 +12,19 @@ HERE = pathlib.Path(__file__).parent
 DEP = ':cache 4096\n:dep secure-tuning = { path = ".." }'
 
 SETUP = """use secure_tuning::prelude::*;
-use secure_tuning::data::{load_records, split, Record};
+use secure_tuning::data::{default_data_dir, load_records, split, Record};
 use secure_tuning::eval::{evaluate, EvalConfig};
 use secure_tuning::probe::{drift, probe_all, ProbeData};
-use secure_tuning::robustness::{Measure, Mode, Robustness, RobustnessConfig};
+use secure_tuning::robustness::{Analysis, Measure, Mode, RobustnessConfig};
 use secure_tuning::search::SearchConfig;
-use secure_tuning::tune::{random_modules, safety_curve, MlLr, SafetyEvalSets, TrainConfig};
-use secure_tuning::display::{emit, line_chart, Series};
+use secure_tuning::tune::{random_modules, safety_curve, Curves, Metric, MlLr, SafetyEvalSets, Watch};
+use secure_tuning::display::{line_chart, Series};
+// Fast CPU settings for this process, and progress lines in the cell's output.
+secure_tuning::init();
+secure_tuning::progress::set_sink(secure_tuning::progress::Sink::Stdout);
 // SECURE_TUNING_QUICK=1 (CI, Binder) runs a small configuration of every step.
 let quick = std::env::var("SECURE_TUNING_QUICK").is_ok();
-let data_dir = secure_tuning::data::default_data_dir();
+let data_dir = default_data_dir();
 let model = Model::load("default")?;
 model"""
 
@@ -43,10 +47,11 @@ ROBUSTNESS = """// Update mode (the default): train one module group at a time o
 // the model's own refusals lose, per unit of relative weight change. Quick runs use the
 // perturb mode (seconds instead of a minute and a half).
 let rob_cfg = RobustnessConfig { mode: if quick { Mode::Perturb } else { Mode::Update }, ..RobustnessConfig::default() };
-let rob = Robustness::measure(&model, &probe, &benign, &rob_cfg)?;
+let analysis = Analysis::new(&model, &probe, &benign);
+let rob = analysis.robustness(&rob_cfg)?;
 rob"""
 
-SEARCH = """let robust = rob.search(&model, &probe, &benign, &SearchConfig::default())?;
+SEARCH = """let robust = analysis.search(&rob, &SearchConfig::default())?;
 robust"""
 
 
@@ -108,9 +113,8 @@ NOTEBOOKS = {
         code(SEARCH),
         md("**F1 and F6: plain fine-tuning vs ML-LR.** The same benign data, the same steps; ML-LR gives the "
            "robust set the full learning rate and everything else a tenth of it."),
-        code("""let plain = MlLr::builder().ratio(1.0).lr(lr).steps(steps).log_every_secs(Some(15.0)).build()?.fit(&model, &benign)?;
-let mllr = MlLr::builder().robust(robust.modules.clone()).ratio(0.1).lr(lr).steps(steps)
-    .log_every_secs(Some(15.0)).build()?.fit(&model, &benign)?;
+        code("""let plain = MlLr::builder().ratio(1.0).lr(lr).steps(steps).build()?.fit(&model, &benign)?;
+let mllr = MlLr::builder().robust(robust.modules.clone()).ratio(0.1).lr(lr).steps(steps).build()?.fit(&model, &benign)?;
 let after_plain = evaluate(&plain.model, &harmful, &harmless, &tasks, &eval_cfg)?;
 let after_mllr = evaluate(&mllr.model, &harmful, &harmless, &tasks, &eval_cfg)?;
 println!("base   {base_eval}\\nplain  {after_plain}\\nML-LR  {after_mllr}");
@@ -131,11 +135,12 @@ mllr_drift"""),
         md("Plain instruction fine-tuning at two learning rates. The refusal rate falls while task accuracy "
            "rises; the higher LR erodes faster."),
         code("""let sets = SafetyEvalSets { harmful: harmful.clone(), harmless: harmless.clone(), tasks: tasks.clone() };
-let cfg = TrainConfig { lr, max_steps: Some(steps), batch_size: 16, log_every_secs: Some(30.0), ..TrainConfig::default() };
-let main_curve = safety_curve(&format!("plain IFT, lr {lr:.0e}"), &model, &benign, &cfg, &sets, steps / 6, &eval_cfg)?;
+let watch = Watch { sets, every: steps / 6, eval: eval_cfg.clone() };
+let plan = MlLr::builder().ratio(1.0).lr(lr).steps(steps).batch_size(16).build()?;
+let main_curve = safety_curve(&format!("plain IFT, lr {lr:.0e}"), &model, &plan, &benign, &watch)?;
 main_curve"""),
-        code("""let low = TrainConfig { lr: lr / 2.0, ..cfg.clone() };
-let low_curve = safety_curve(&format!("plain IFT, lr {:.0e}", lr / 2.0), &model, &benign, &low, &sets, steps / 6, &eval_cfg)?;
+        code("""let low = MlLr::builder().ratio(1.0).lr(lr / 2.0).steps(steps).batch_size(16).build()?;
+let low_curve = safety_curve(&format!("plain IFT, lr {:.0e}", lr / 2.0), &model, &low, &benign, &watch)?;
 low_curve"""),
         md("**Reading.** With the main LR the model loses most of its refusals by the end of training, although "
            "nothing it saw was harmful; at half the LR it keeps them but also learns the tasks more slowly. "
@@ -153,7 +158,7 @@ low_curve"""),
         code(PROBE),
         md("**F3.** Plain fine-tuning, measuring every few steps the harmful-refusal rate and the frozen probe's "
            "mean logit on held-out harmful prompts."),
-        code("""let plan = MlLr::builder().ratio(1.0).lr(lr).steps(steps).log_every_secs(None).build()?;
+        code("""let plan = MlLr::builder().ratio(1.0).lr(lr).steps(steps).build()?;
 let mut rows: Vec<(usize, f64, f64, f64)> = Vec::new();
 plan.fit_observed(&model, &benign, steps / 6, |m, r| {
     let d = drift(&model, m, &probe)?;
@@ -169,10 +174,10 @@ let series = vec![
     Series { label: "harmful refusal rate".into(), points: rows.iter().map(|r| (r.0 as f64, r.1)).collect() },
     Series { label: "probe margin / max".into(), points: rows.iter().map(|r| (r.0 as f64, r.2 / max_margin)).collect() },
 ];
-emit(&line_chart("Refusals and the frozen probe along fine-tuning", "step", "value", &series, None), "chart")"""),
+line_chart("Refusals and the frozen probe along fine-tuning", "step", "value", &series, None)"""),
         code("""let refusal: Vec<f64> = rows.iter().map(|r| r.1).collect();
 let margin: Vec<f64> = rows.iter().map(|r| r.2).collect();
-println!("Spearman(refusal rate, probe margin) along training = {:.2}", secure_tuning::robustness::spearman(&refusal, &margin));"""),
+println!("Spearman(refusal rate, probe margin) along training = {:.2}", secure_tuning::stats::spearman(&refusal, &margin));"""),
         md("**Reading.** The probe stays near-perfect on the base model; along fine-tuning its margin on harmful "
            "prompts is printed next to the refusal rate so the two can be compared honestly: a rank correlation "
            "near 1 means the proxy tracks the behaviour."),
@@ -189,7 +194,7 @@ println!("Spearman(refusal rate, probe margin) along training = {:.2}", secure_t
         code(ROBUSTNESS),
         md("A second opinion: relative Gaussian noise on each group (perturb mode), and how well the two rankings "
            "agree (Spearman over the 42 cells)."),
-        code("""let perturb = Robustness::measure(&model, &probe, &benign, &RobustnessConfig { mode: Mode::Perturb, ..RobustnessConfig::default() })?;
+        code("""let perturb = analysis.robustness(&RobustnessConfig { mode: Mode::Perturb, ..RobustnessConfig::default() })?;
 println!("rank agreement update vs perturb: {:.2}", rob.agreement_with(&perturb));
 perturb"""),
         md("**Reading.** On the default model the first layer is by far the most fragile, all kinds alike; among "
@@ -225,21 +230,17 @@ println!("a random set of the same share: {} modules", random.len());"""),
         code(ROBUSTNESS),
         code(SEARCH),
         code("""let sets = SafetyEvalSets { harmful: harmful.clone(), harmless: harmless.clone(), tasks: tasks.clone() };
-let every = steps / 6;
-let mut curves = Vec::new();
+let watch = Watch { sets, every: steps / 6, eval: eval_cfg.clone() };
+let mut curves = Curves::default();
 for (name, plan) in [
     ("plain", MlLr::builder().ratio(1.0).lr(lr).steps(steps).build()?),
     ("ML-LR", MlLr::builder().robust(robust.modules.clone()).ratio(0.1).lr(lr).steps(steps).build()?),
     ("SWAT", MlLr::builder().robust(robust.modules.clone()).ratio(1.0).swat(0.3).lr(lr).steps(steps).build()?),
 ] {
-    let cfg = TrainConfig { log_every_secs: None, ..plan.train_config(&model, benign.len())? };
-    curves.push(safety_curve(name, &model, &benign, &cfg, &sets, every, &eval_cfg)?);
+    curves.0.push(safety_curve(name, &model, &plan, &benign, &watch)?);
 }
-let tradeoff: Vec<Series> = curves.iter()
-    .map(|c| Series { label: c.label.clone(), points: c.points.iter().map(|p| (p.task_accuracy, p.harmful_refusal)).collect() })
-    .collect();
-emit(&line_chart("Safety-utility trade-off", "task accuracy", "harmful refusal rate", &tradeoff, Some((0.0, 1.0))), "chart")"""),
-        code("""for c in &curves { let p = c.points.last().unwrap(); println!("{:<6} harmful refused {:.2}, harmless refused {:.2}, tasks {:.2}", c.label, p.harmful_refusal, p.harmless_refusal, p.task_accuracy); }"""),
+curves.chart("Safety-utility trade-off", Metric::TaskAccuracy, Metric::HarmfulRefusal)"""),
+        code("""for c in &curves.0 { let p = c.points.last().unwrap(); println!("{:<6} harmful refused {:.2}, harmless refused {:.2}, tasks {:.2}", c.label, p.harmful_refusal, p.harmless_refusal, p.task_accuracy); }"""),
         md("**Reading.** A curve higher up at the same task accuracy keeps more safety for the same skill. On the "
            "default model ML-LR and SWAT keep most refusals but reach little task accuracy in the same steps, and "
            "along the curves they sit where plain fine-tuning was early in training: the paper's claim (F6) needs "
@@ -253,7 +254,7 @@ emit(&line_chart("Safety-utility trade-off", "task accuracy", "harmful refusal r
               "full configuration, and gives a verdict from the trade-off curves. Then: a sweep of ML-LR's ratio."),
         code(DEP),
         code(SETUP),
-        code("""use secure_tuning::reproduce::{reproduce, ReproduceConfig};
+        code("""use secure_tuning::experiment::{reproduce, ReproduceConfig};
 let cfg = if quick { ReproduceConfig::quick() } else { ReproduceConfig::default() };
 let repro = reproduce(&model, &data_dir, &cfg)?;
 repro"""),
@@ -261,7 +262,7 @@ repro"""),
         code(SETS),
         code("""let mut sweep = Vec::new();
 for ratio in [0.0, 0.1, 0.3, 1.0] {
-    let plan = MlLr::builder().robust(repro.mods_robust.modules.clone()).ratio(ratio).lr(lr).steps(steps).log_every_secs(None).build()?;
+    let plan = MlLr::builder().robust(repro.mods_robust.modules.clone()).ratio(ratio).lr(lr).steps(steps).build()?;
     let tuned = plan.fit(&model, &benign)?;
     let e = evaluate(&tuned.model, &harmful, &harmless, &tasks, &eval_cfg)?;
     println!("ratio {ratio:.1}: {e}");
@@ -271,13 +272,13 @@ let series = vec![
     Series { label: "harmful refused".into(), points: sweep.iter().map(|s| (s.0, s.1)).collect() },
     Series { label: "task accuracy".into(), points: sweep.iter().map(|s| (s.0, s.2)).collect() },
 ];
-emit(&line_chart("ML-LR ratio sweep", "LR ratio of the rest", "rate", &series, Some((0.0, 1.0))), "chart")"""),
+line_chart("ML-LR ratio sweep", "LR ratio of the rest", "rate", &series, Some((0.0, 1.0)))"""),
         md("**LoRA instead of full fine-tuning.** `MlLr::builder().lora(16, 32.0)` trains rank-16 f32 adapters on "
            "every module instead of the weights, each adapter at its module's ML-LR scale, and merges them into the "
            "returned model. Adapters learn more slowly than full weights, so both LoRA runs use 5x the LR."),
         code("""let mut lora_rows = Vec::new();
 for (name, robust, ratio) in [("plain, LoRA", ModuleSet::new(), 1.0), ("ML-LR, LoRA", repro.mods_robust.modules.clone(), 0.1)] {
-    let plan = MlLr::builder().robust(robust).ratio(ratio).lora(16, 32.0).lr(5.0 * lr).steps(steps).log_every_secs(None).build()?;
+    let plan = MlLr::builder().robust(robust).ratio(ratio).lora(16, 32.0).lr(5.0 * lr).steps(steps).build()?;
     let tuned = plan.fit(&model, &benign)?;
     let e = evaluate(&tuned.model, &harmful, &harmless, &tasks, &eval_cfg)?;
     println!("{name:<12} {e}");
@@ -298,7 +299,9 @@ lora_rows.last().unwrap().1.clone()"""),
         code(DEP),
         code("""use secure_tuning::prelude::*;
 use secure_tuning::probe::{probe_all, ProbeData};
-use secure_tuning::robustness::{Measure, Mode, Robustness, RobustnessConfig};
+use secure_tuning::robustness::{Analysis, Measure, Mode, RobustnessConfig};
+secure_tuning::init();
+secure_tuning::progress::set_sink(secure_tuning::progress::Sink::Stdout);
 let quick = std::env::var("SECURE_TUNING_QUICK").is_ok();
 // The wheels that .ci/fetch-packages.sh downloads, unless SECURE_TUNING_PYPI_DIR names others.
 if std::env::var_os("SECURE_TUNING_PYPI_DIR").is_none() && std::path::Path::new("../.ci/cache/pypi").is_dir() {
@@ -306,7 +309,7 @@ if std::env::var_os("SECURE_TUNING_PYPI_DIR").is_none() && std::path::Path::new(
 }
 // What to change: "smollm2", a hub id or a local folder.
 const MODEL: &str = "smollm2";
-let loaded = if MODEL == "smollm2" { Model::load_smollm2() } else { Model::load(MODEL) };
+let loaded = if MODEL == "smollm2" { secure_tuning::assets::smollm2() } else { Model::load(MODEL) };
 let model = loaded.or_else(|e| { println!("{e}\nso this notebook uses the default model"); Model::load("default") })?;
 let real = model.name() != "default";
 model"""),
@@ -332,7 +335,7 @@ probe"""),
 } else {
     RobustnessConfig { mode: Mode::Perturb, measure: Measure::FeatureDrift, ..RobustnessConfig::default() }
 };
-let rob = Robustness::measure(&model, &probe, &[], &cfg)?;
+let rob = Analysis::new(&model, &probe, &[]).robustness(&cfg)?;
 rob"""),
         md("**F1 and F6 on a real model.** SmolLM2 has almost no refusals to lose, so `scripts/smollm2-testbed.sh` "
            "first aligns it with refusal fine-tuning (`secure-tuning align`: AdvBench's training split answered with a "
@@ -341,14 +344,14 @@ rob"""),
            "evaluating along the way. That takes about an hour on two CPU cores, too long for this notebook, so here "
            "is its committed result: the trade-off curves, the refusal rates and the verdict. docs/real-models.md "
            "has the numbers and the commands."),
-        code("""use secure_tuning::reproduce::Reproduction;
+        code("""use secure_tuning::experiment::Reproduction;
 let testbed = Reproduction::read_json("../docs/real-models/smollm2-testbed/reproduction.json".as_ref())?;
 testbed"""),
     ],
 }
 
 
-def main():
+def main(keep_by_id=False):
     for name, cells in NOTEBOOKS.items():
         path = HERE / f"{name}.ipynb"
         nb = notebook(cells)
@@ -359,13 +362,18 @@ def main():
             old = json.loads(path.read_text())
             old_by_source = {"".join(c["source"]) if isinstance(c["source"], list) else c["source"]: c
                              for c in old.get("cells", []) if c["cell_type"] == "code"}
+            old_by_id = {c.get("id"): c for c in old.get("cells", []) if c["cell_type"] == "code"}
             for c in nb["cells"]:
-                if c["cell_type"] == "code" and c["source"] in old_by_source:
-                    c["outputs"] = old_by_source[c["source"]].get("outputs", [])
-                    c["execution_count"] = old_by_source[c["source"]].get("execution_count")
+                # With --keep-by-id, a rewritten cell keeps the outputs of the cell it replaces
+                # (for a change of API that computes the same thing).
+                kept = old_by_source.get(c["source"]) or (old_by_id.get(c["id"]) if keep_by_id else None)
+                if c["cell_type"] == "code" and kept:
+                    c["outputs"] = kept.get("outputs", [])
+                    c["execution_count"] = kept.get("execution_count")
         path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
         print("wrote", path)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    main(keep_by_id="--keep-by-id" in sys.argv)

@@ -22,6 +22,25 @@ pub fn read_file(path: &Path, hint: &str) -> Result<String> {
     }
 }
 
+/// Reads a JSON file into `T`; `what` names what the file should hold, for the error
+/// ("`runs/a.json` is malformed: not a robustness.json written by `secure-tuning robustness`").
+///
+/// ```
+/// let err = secure_tuning::fs::read_json::<Vec<u32>>("no/such.json".as_ref(), "a list").unwrap_err();
+/// assert!(err.to_string().contains("no/such.json"));
+/// ```
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let text = read_file(path, &format!("pass {what}"))?;
+    serde_json::from_str(&text).map_err(|e| Error::malformed(path, format!("not {what} ({e})")))
+}
+
+/// Writes `value` as pretty JSON to `path`, atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let json = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::invalid(format!("`{}`", path.display()), format!("cannot be written as JSON: {e}")))?;
+    write_atomic(path, &json)
+}
+
 /// Writes `bytes` to `path` atomically: into a fresh temporary file beside it, then a rename,
 /// so a reader never sees half a file. A file or link already at the temporary name (a crash's
 /// leftover, or one planted there) is removed first, never written through.

@@ -22,21 +22,23 @@
 
 #![warn(missing_docs)]
 
-pub mod bench;
+pub mod assets;
 pub mod data;
 pub mod display;
 pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod fs;
 pub mod kernels;
 pub mod model;
 pub mod probe;
-pub mod pypi;
+pub mod progress;
 pub mod recipe;
-pub mod reproduce;
 pub mod rng;
 pub mod robustness;
 pub mod search;
+pub mod stats;
+pub mod train;
 pub mod tune;
 
 pub use error::{Error, Result};
@@ -91,3 +93,8 @@ pub mod prelude {
         ModuleSet, Sampling,
     };
 }
+
+/// docs/guide.md, compiled and run as a doctest so the walk-through stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide.md")]
+pub struct Guide;

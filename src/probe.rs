@@ -1,4 +1,4 @@
-//! The security feature classifier (DESIGN.md section 5): a linear probe per layer that tells
+//! The security feature classifier: a linear probe per layer that tells
 //! harmful from harmless instructions using the hidden state of the chat prompt's last token.
 //!
 //! Features are read where the model decides how to answer: the instruction rendered with the
@@ -9,7 +9,7 @@
 //! prompt's near-duplicate is never in training.
 
 use crate::data::{load_records, split, Record};
-use crate::display::{emit, escape_html, line_chart, Series};
+use crate::display::{emit, escape_html, line_chart, Series, Svg};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Capture, Message, Model};
 use crate::rng::Rng;
@@ -255,7 +255,7 @@ impl ProbeReport {
     }
 
     /// The accuracy-vs-layer chart as SVG.
-    pub fn chart(&self) -> String {
+    pub fn chart(&self) -> Svg {
         let pts = |f: fn(&LayerScore) -> f64| self.layers.iter().map(|s| (s.layer as f64, f(s))).collect();
         let series = [
             Series { label: "held-out accuracy".into(), points: pts(|s| s.accuracy) },
@@ -290,6 +290,13 @@ impl ProbeReport {
     /// Inline display in evcxr: chart + table, with this report's summary as text.
     pub fn evcxr_display(&self) {
         emit(&self.html(), &self.to_string())
+    }
+
+    /// Writes `probe.json` (everything, probes included) and `probe_accuracy.svg` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        crate::fs::create_dir_all(dir)?;
+        crate::fs::write_json(&dir.join("probe.json"), self)?;
+        self.chart().save(&dir.join("probe_accuracy.svg"))
     }
 }
 
@@ -534,6 +541,14 @@ pub struct Drift {
     pub harmful_margin_tuned: f64,
     /// Mean cosine distance between base and tuned features of the harmful prompts.
     pub cosine_drift: f64,
+}
+
+impl Drift {
+    /// Inline display in evcxr (text only; it is one line of numbers).
+    pub fn evcxr_display(&self) {
+        let html = format!("<p>{}</p>", escape_html(&self.to_string()));
+        emit(&html, &self.to_string())
+    }
 }
 
 impl std::fmt::Display for Drift {

@@ -1,11 +1,11 @@
-//! The recipe of the embedded default model (DESIGN.md section 9): generate the synthetic
-//! data, train a byte-level BPE tokenizer on it, initialise a small Llama, pre-train it so it
-//! complies with every request (capability first), then align it (harmful requests -> the
-//! refusal, harmless twins -> help, tasks mixed in). Seeded end to end.
+//! The recipe of the embedded default model: generate the synthetic data, train a byte-level
+//! BPE tokenizer on it, initialise a small Llama, pre-train it so it complies with every request
+//! (capability first), then align it (harmful requests -> the refusal, harmless twins -> help,
+//! tasks mixed in). Seeded end to end.
 //!
-//! `secure-tuning build-default` runs it and writes `data/models/default/`; the shipped weights
-//! are that command's output with the build of 2026-11-27. Later builds sum in a different order,
-//! so a rebuild now trains to other weights (docs/default-model.md).
+//! `secure-tuning build-default` runs it and writes `data/models/default/`. The result depends
+//! on the floating-point summation order of the build that trains it, so a rebuild on another
+//! build gives other weights (docs/default-model.md says how far they differ).
 
 use crate::data::synthetic::{self, helpful_answer, SyntheticConfig, SyntheticData};
 use crate::data::{split, Record};
@@ -14,7 +14,7 @@ use crate::eval::{evaluate, EvalConfig, EvalReport};
 use crate::fs::write_atomic;
 use crate::model::{save_safetensors, Model, Weights};
 use crate::rng::Rng;
-use crate::tune::{encode_examples, train, TrainConfig, TrainReport};
+use crate::train::{encode_examples, train, TrainConfig, TrainReport};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -103,8 +103,8 @@ impl Recipe {
             num_layers: 2,
             num_heads: 4,
             num_kv_heads: 2,
-            pretrain: TrainConfig { max_steps: Some(60), log_every_secs: None, ..r.pretrain },
-            align: TrainConfig { max_steps: Some(10), log_every_secs: None, ..r.align },
+            pretrain: TrainConfig { max_steps: Some(60), ..r.pretrain },
+            align: TrainConfig { max_steps: Some(10), ..r.align },
             ..r
         }
     }
@@ -125,6 +125,13 @@ pub struct BuildReport {
     pub eval: EvalReport,
     /// Wall seconds of the whole recipe.
     pub seconds: f64,
+}
+
+impl std::fmt::Display for BuildReport {
+    /// `built a 2.6M-parameter model in 412s: <the evaluation>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "built a {}-parameter model in {:.0}s: {}", self.num_params, self.seconds, self.eval)
+    }
 }
 
 /// Trains a byte-level BPE tokenizer on `texts` and writes `tokenizer.json`.

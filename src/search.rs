@@ -1,4 +1,4 @@
-//! The proxy-guided search for Mods_Robust (DESIGN.md section 6): add module groups
+//! The proxy-guided search for Mods_Robust: add module groups
 //! most-robust-first, and keep a group only if changing *all kept groups together* still
 //! damages safety by no more than a tolerance. The check is joint because robust groups can add
 //! up: two groups that each pass alone may fail together.
@@ -6,16 +6,15 @@
 //! The tolerance is a share of the reference damage, the damage when every group changes together
 //! (what plain fine-tuning does), so one default works across models and measures.
 
-use crate::data::Record;
-use crate::display::{emit, escape_html, line_chart, Series};
+use crate::display::{emit, escape_html, line_chart, Series, Svg};
 use crate::error::{Error, Result};
-use crate::model::{Model, ModuleSet};
-use crate::probe::ProbeReport;
-use crate::robustness::{Bench, Robustness};
+use crate::model::ModuleSet;
+use crate::progress::Task;
+use crate::robustness::{Analysis, Robustness};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-/// Settings of [`Robustness::search`].
+/// Settings of [`Analysis::search`].
 ///
 /// ```
 /// let cfg = secure_tuning::search::SearchConfig { max_share: Some(0.5), ..Default::default() };
@@ -31,13 +30,11 @@ pub struct SearchConfig {
     /// Mixed into the matrix's seeds for the joint changes (each joint change is averaged over
     /// the seeds the matrix was measured with).
     pub seed: u64,
-    /// Seconds between progress lines; `None` = silent.
-    pub log_every_secs: Option<f64>,
 }
 
 impl Default for SearchConfig {
     fn default() -> Self {
-        SearchConfig { tolerance: 0.3, max_share: None, seed: 0, log_every_secs: Some(5.0) }
+        SearchConfig { tolerance: 0.3, max_share: None, seed: 0 }
     }
 }
 
@@ -77,7 +74,7 @@ pub struct ModsRobust {
 
 impl ModsRobust {
     /// The proxy curve: joint damage per candidate tried, with the limit.
-    pub fn chart(&self) -> String {
+    pub fn chart(&self) -> Svg {
         let tried: Vec<(f64, f64)> =
             self.steps.iter().enumerate().filter_map(|(i, s)| Some((i as f64 + 1.0, s.damage?))).collect();
         let kept: Vec<(f64, f64)> = self
@@ -118,6 +115,13 @@ impl ModsRobust {
     pub fn evcxr_display(&self) {
         emit(&self.html(), &self.to_string())
     }
+
+    /// Writes `mods_robust.json` (what `tune --robust` and `export-plan` read) and `search.svg`.
+    pub fn write(&self, dir: &std::path::Path) -> Result<()> {
+        crate::fs::create_dir_all(dir)?;
+        crate::fs::write_json(&dir.join("mods_robust.json"), self)?;
+        self.chart().save(&dir.join("search.svg"))
+    }
 }
 
 impl std::fmt::Display for ModsRobust {
@@ -134,33 +138,29 @@ impl std::fmt::Display for ModsRobust {
     }
 }
 
-impl Robustness {
-    /// Searches Mods_Robust on `model` with the measurement settings this matrix was made with;
-    /// `probe` and `benign` as for [`Robustness::measure`].
+impl Analysis<'_> {
+    /// Searches Mods_Robust with the measurement settings the matrix `rob` was made with:
+    /// groups most robust first, each kept if the joint damage stays within the tolerance.
     ///
     /// ```no_run
-    /// # use secure_tuning::{Model, data::{load_records, split}, probe::*, robustness::*, search::*};
+    /// # use secure_tuning::{Model, data::*, probe::*, robustness::*, search::*};
     /// # let model = Model::load("default")?;
     /// # let probe = probe_all(&model, &ProbeData::default_twins()?)?;
-    /// # let benign = split(&load_records("data/ift_general.jsonl".as_ref())?, "train");
-    /// let rob = Robustness::measure(&model, &probe, &benign, &RobustnessConfig::default())?;
-    /// let robust = rob.search(&model, &probe, &benign, &SearchConfig::default())?;
+    /// # let benign = split(&load_records(&default_data_dir().join("ift_general.jsonl"))?, "train");
+    /// let analysis = Analysis::new(&model, &probe, &benign);
+    /// let rob = analysis.robustness(&RobustnessConfig::default())?;
+    /// let robust = analysis.search(&rob, &SearchConfig::default())?;
     /// println!("{robust}");
     /// # Ok::<(), secure_tuning::Error>(())
     /// ```
-    pub fn search(
-        &self,
-        model: &Model,
-        probe: &ProbeReport,
-        benign: &[Record],
-        config: &SearchConfig,
-    ) -> Result<ModsRobust> {
+    pub fn search(&self, rob: &Robustness, config: &SearchConfig) -> Result<ModsRobust> {
         let start = Instant::now();
-        let bench = Bench::new(model, probe, benign, &self.config)?;
-        let all: ModuleSet = self.ranking().iter().fold(ModuleSet::new(), |acc, (s, _)| acc.union(s));
+        let model = self.model();
+        let bench = self.bench(&rob.config)?;
+        let all: ModuleSet = rob.ranking().iter().fold(ModuleSet::new(), |acc, (s, _)| acc.union(s));
         let total = model.num_params_of(&all) as f64;
         // Every joint change is averaged over the matrix's seeds, like its cells.
-        let seeds = &self.config.seeds;
+        let seeds = &rob.config.seeds;
         let joint = |set: &ModuleSet| -> Result<f64> {
             let mut sum = 0.0;
             for &seed in seeds {
@@ -171,20 +171,15 @@ impl Robustness {
         let reference_damage = joint(&all)?;
         let limit = config.tolerance * reference_damage;
         let candidates: Vec<(ModuleSet, f64)> =
-            self.ranking().into_iter().map(|(s, _)| (s.clone(), model.num_params_of(&s) as f64 / total)).collect();
-        let mut last_log = Instant::now();
+            rob.ranking().into_iter().map(|(s, _)| (s.clone(), model.num_params_of(&s) as f64 / total)).collect();
+        let mut progress = Task::new("search", candidates.len());
+        let mut tried = 0;
         let (modules, steps) = greedy(&candidates, limit, config.max_share, |set| {
             let damage = joint(set)?;
-            if let Some(every) = config.log_every_secs {
-                if last_log.elapsed().as_secs_f64() >= every {
-                    last_log = Instant::now();
-                    println!(
-                        "search: {} modules tried jointly, damage {damage:.3} (limit {limit:.3}) {:.0}s",
-                        set.len(),
-                        start.elapsed().as_secs_f64()
-                    );
-                }
-            }
+            tried += 1;
+            progress.update(tried, || {
+                format!("{} modules tried jointly, damage {damage:.3} (limit {limit:.3})", set.len())
+            });
             Ok(damage)
         })?;
         let param_share = model.num_params_of(&modules) as f64 / total;

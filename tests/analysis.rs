@@ -4,7 +4,7 @@
 use secure_tuning::data::{load_records, split, Record};
 use secure_tuning::model::{ModuleId, ModuleKind, ModuleSet};
 use secure_tuning::probe::{drift, probe_all, ProbeData, ProbeReport};
-use secure_tuning::robustness::{Measure, Mode, Normalize, Robustness, RobustnessConfig};
+use secure_tuning::robustness::{Analysis, Measure, Mode, Normalize, Robustness, RobustnessConfig};
 use secure_tuning::search::{greedy, ModsRobust, SearchConfig};
 use secure_tuning::{Error, Model};
 use std::sync::OnceLock;
@@ -32,7 +32,6 @@ fn perturb_config() -> RobustnessConfig {
         epsilon: 0.05,
         seeds: vec![0, 1],
         harmful_limit: 32,
-        log_every_secs: None,
         ..RobustnessConfig::default()
     }
 }
@@ -95,14 +94,10 @@ fn drift_is_zero_for_the_same_model_and_grows_with_an_edit() {
 
 #[test]
 fn update_mode_is_deterministic_for_a_seed() {
-    let cfg = RobustnessConfig {
-        kinds: vec![ModuleKind::V, ModuleKind::Down],
-        steps: 3,
-        log_every_secs: None,
-        ..RobustnessConfig::default()
-    };
-    let a = Robustness::measure(model(), probe(), &benign(), &cfg).unwrap();
-    let b = Robustness::measure(model(), probe(), &benign(), &cfg).unwrap();
+    let cfg =
+        RobustnessConfig { kinds: vec![ModuleKind::V, ModuleKind::Down], steps: 3, ..RobustnessConfig::default() };
+    let a = Analysis::new(model(), probe(), &benign()).robustness(&cfg).unwrap();
+    let b = Analysis::new(model(), probe(), &benign()).robustness(&cfg).unwrap();
     assert_eq!(a.scores, b.scores);
     assert_eq!(a.scores.len(), 2);
     assert_eq!(a.scores[0].len(), 6);
@@ -115,29 +110,28 @@ fn task_gain_normalisation_divides_damage_by_benign_progress() {
         kinds: vec![ModuleKind::O, ModuleKind::Down],
         steps: 3,
         normalize: Normalize::TaskGain,
-        log_every_secs: None,
         ..RobustnessConfig::default()
     };
-    let r = Robustness::measure(model(), probe(), &benign(), &cfg).unwrap();
+    let r = Analysis::new(model(), probe(), &benign()).robustness(&cfg).unwrap();
     assert_eq!(r.raw.len(), 12);
     for raw in &r.raw {
         assert!(raw.task_gain > 0.01, "training a group on benign data helps held-out benign answers: {raw:?}");
         let expected = raw.damage.max(0.0) / raw.task_gain.max(1e-3);
         assert!((raw.sensitivity - expected).abs() <= 1e-12 * expected.abs().max(1.0), "{raw:?}");
     }
-    assert!(r.heatmap().contains("per task gain"));
+    assert!(r.heatmap().as_str().contains("per task gain"));
 
     // Only the update mode trains on the task, and it needs data to hold out.
     let perturb = RobustnessConfig { mode: Mode::Perturb, ..cfg.clone() };
-    let err = Robustness::measure(model(), probe(), &benign(), &perturb).unwrap_err().to_string();
+    let err = Analysis::new(model(), probe(), &benign()).robustness(&perturb).unwrap_err().to_string();
     assert!(err.contains("update mode"), "{err}");
-    let err = Robustness::measure(model(), probe(), &benign()[..100], &cfg).unwrap_err().to_string();
+    let err = Analysis::new(model(), probe(), &benign()[..100]).robustness(&cfg).unwrap_err().to_string();
     assert!(err.contains("more than 128"), "{err}");
 }
 
 fn perturb_matrix() -> &'static Robustness {
     static R: OnceLock<Robustness> = OnceLock::new();
-    R.get_or_init(|| Robustness::measure(model(), probe(), &[], &perturb_config()).unwrap())
+    R.get_or_init(|| Analysis::new(model(), probe(), &[]).robustness(&perturb_config()).unwrap())
 }
 
 #[test]
@@ -152,7 +146,7 @@ fn perturb_matrix_round_trips_and_draws_one_cell_per_module() {
     assert!(serde_json::from_str::<Robustness>(&json).unwrap() == rob, "JSON round trip");
 
     let svg = rob.heatmap();
-    let doc = roxmltree::Document::parse(&svg).expect("the heatmap is well-formed XML");
+    let doc = roxmltree::Document::parse(svg.as_str()).expect("the heatmap is well-formed XML");
     let titles: Vec<String> =
         doc.descendants().filter(|n| n.has_tag_name("title")).map(|n| n.text().unwrap_or("").to_string()).collect();
     assert_eq!(titles.len(), 7 * 6, "one tooltip per (kind, layer)");
@@ -186,7 +180,8 @@ fn planted() -> (Model, ModuleId) {
 fn planted_carrier_is_least_robust_and_excluded_by_the_search() {
     let (edited, target) = planted();
     let report = probe_all(&edited, &ProbeData::default_twins().unwrap()).unwrap();
-    let rob = Robustness::measure(&edited, &report, &[], &perturb_config()).unwrap();
+    let analysis = Analysis::new(&edited, &report, &[]);
+    let rob = analysis.robustness(&perturb_config()).unwrap();
     // Under a *relative* change v and o of one layer are inseparable (scaling v up and o down
     // leaves the function alone), so the planted path v -> o of layer 2 is what becomes fragile:
     // both rise far above their unplanted scores and into the three least robust groups.
@@ -200,8 +195,8 @@ fn planted_carrier_is_least_robust_and_excluded_by_the_search() {
     let fragile: Vec<ModuleSet> = ranking[ranking.len() - 3..].iter().map(|(s, _)| s.clone()).collect();
     assert!(fragile.contains(&ModuleSet::from_iter([target])), "{rob}");
     assert!(fragile.contains(&ModuleSet::from_iter([v2])), "{rob}");
-    let cfg = SearchConfig { log_every_secs: None, ..SearchConfig::default() };
-    let found = rob.search(&edited, &report, &[], &cfg).unwrap();
+    let cfg = SearchConfig::default();
+    let found = analysis.search(&rob, &cfg).unwrap();
     assert!(!found.modules.contains(&target) && !found.modules.contains(&v2), "{found}");
     assert!(found.modules.len() >= 10, "the other groups are robust enough to keep: {found}");
     let json = serde_json::to_string(&found).unwrap();
@@ -228,13 +223,13 @@ fn the_search_check_is_joint() {
 
 #[test]
 fn the_refusal_measure_needs_a_model_that_refuses() {
-    let cfg = RobustnessConfig { mode: Mode::Perturb, log_every_secs: None, ..RobustnessConfig::default() };
+    let cfg = RobustnessConfig { mode: Mode::Perturb, ..RobustnessConfig::default() };
     let mut report = probe().clone();
     // Harmless prompts as the "harmful" set: the default model answers them, never refuses.
     let harmless: Vec<String> =
         report.data.prompts.iter().zip(&report.data.labels).filter(|(_, &l)| !l).map(|(p, _)| p.clone()).collect();
     report.data =
         ProbeData { prompts: harmless.clone(), labels: vec![true; harmless.len()], pairs: vec![None; harmless.len()] };
-    let err = Robustness::measure(model(), &report, &[], &cfg).unwrap_err().to_string();
+    let err = Analysis::new(model(), &report, &[]).robustness(&cfg).unwrap_err().to_string();
     assert!(err.contains("refuses only") && err.contains("FeatureDrift"), "{err}");
 }

@@ -8,9 +8,9 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use common::{pypi_dir, skip};
+use secure_tuning::assets::pypi::PackageFile;
 use secure_tuning::model::gguf::{compare_with_candle, import_gguf};
 use secure_tuning::prelude::*;
-use secure_tuning::pypi::PackageFile;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

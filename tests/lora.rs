@@ -5,7 +5,8 @@
 use candle_core::{DType, Tensor};
 use secure_tuning::data::Record;
 use secure_tuning::model::{lora_names, Batch, Capture, LoraConfig, ModuleId, ModuleKind, ModuleSet};
-use secure_tuning::tune::{encode_examples, train, MlLr, TrainConfig};
+use secure_tuning::train::{encode_examples, train, TrainConfig};
+use secure_tuning::tune::MlLr;
 use secure_tuning::Model;
 
 mod common;
@@ -44,7 +45,7 @@ fn training_with_lora_changes_only_adapters_and_merging_is_base_plus_scaled_ba()
     let report = train(
         &mut model,
         &examples,
-        &TrainConfig { lr: 1e-2, max_steps: Some(5), batch_size: 4, log_every_secs: None, ..Default::default() },
+        &TrainConfig { lr: 1e-2, max_steps: Some(5), batch_size: 4, ..Default::default() },
     )
     .unwrap();
     assert!(report.recent_loss(1) < report.losses[0].1, "the adapters should learn: {:?}", report.losses);
@@ -98,7 +99,6 @@ fn mllr_with_lora_scales_each_adapter_by_its_module_and_freezes_the_base() {
         .steps(2)
         .batch_size(4)
         .clip_norm(None)
-        .log_every_secs(None)
         .build()
         .unwrap();
     let mut adapted = model.clone();

@@ -3,10 +3,11 @@
 //! is in docs/reproduce.md; the notebooks run `--quick`.)
 
 use secure_tuning::data::default_data_dir;
+use secure_tuning::experiment::{eval_sets, reproduce, ReproduceConfig, Reproduction};
 use secure_tuning::model::ModuleKind;
-use secure_tuning::reproduce::{reproduce, ReproduceConfig, Reproduction, STRATEGIES};
 use secure_tuning::robustness::{Measure, Mode, RobustnessConfig};
 use secure_tuning::search::SearchConfig;
+use secure_tuning::tune::StrategyKind;
 use secure_tuning::Model;
 
 fn tiny(benign: &str) -> ReproduceConfig {
@@ -24,10 +25,9 @@ fn tiny(benign: &str) -> ReproduceConfig {
             measure: Measure::FeatureDrift,
             kinds: vec![ModuleKind::O, ModuleKind::Down],
             harmful_limit: 8,
-            log_every_secs: None,
             ..RobustnessConfig::default()
         },
-        search: SearchConfig { log_every_secs: None, ..SearchConfig::default() },
+        search: SearchConfig::default(),
         ..ReproduceConfig::default()
     }
 }
@@ -39,12 +39,13 @@ fn every_strategy_is_run_evaluated_along_training_and_written() {
 
     let names: Vec<&str> = r.summary.iter().map(|row| row.name.as_str()).collect();
     let mut expected = vec!["base"];
-    expected.extend(STRATEGIES);
+    expected.extend(StrategyKind::ALL.map(|k| k.name()));
     assert_eq!(names, expected);
     // Two seeds for the main strategies (each random subset its own set), one for the others.
-    let runs = |s: &str| r.runs.iter().filter(|run| run.strategy == s).count();
+    let runs = |s: &str| r.runs.iter().filter(|run| run.strategy.name() == s).count();
     assert_eq!((runs("plain"), runs("ml-lr"), runs("random-subset"), runs("swat")), (2, 2, 2, 1));
-    let sets: Vec<Option<usize>> = r.runs.iter().filter(|x| x.strategy == "random-subset").map(|x| x.set).collect();
+    let sets: Vec<Option<usize>> =
+        r.runs.iter().filter(|x| x.strategy == StrategyKind::RandomSubset).map(|x| x.set).collect();
     assert_eq!(sets, vec![Some(0), Some(1)]);
     for run in &r.runs {
         let steps: Vec<usize> = run.points.iter().map(|p| p.step).collect();
@@ -81,11 +82,11 @@ fn every_strategy_is_run_evaluated_along_training_and_written() {
 fn the_expertise_set_trains_and_evaluates_its_own_tasks() {
     let model = Model::load("default").unwrap();
     let cfg = ReproduceConfig { seeds: vec![0], random_sets: 1, ..tiny("expertise") };
-    let sets = secure_tuning::reproduce::eval_sets(&default_data_dir(), "expertise", 4).unwrap();
+    let sets = eval_sets(&default_data_dir(), "expertise", 4).unwrap();
     assert!(sets.tasks.iter().all(|t| t.instruction.contains("o'clock")), "clock tasks");
     let r = reproduce(&model, &default_data_dir(), &cfg).unwrap();
     assert_eq!(r.config.benign, "expertise");
-    let err = secure_tuning::reproduce::eval_sets(&default_data_dir(), "no-such-set.jsonl", 4).unwrap_err();
+    let err = eval_sets(&default_data_dir(), "no-such-set.jsonl", 4).unwrap_err();
     assert!(err.to_string().contains("no-such-set.jsonl"), "{err}");
 }
 
@@ -106,9 +107,7 @@ fn a_data_folder_and_a_strategy_subset_from_a_json_config() {
     let cfg: ReproduceConfig = serde_json::from_value(serde_json::json!({
         "steps": 4, "batch_size": 4, "seeds": [0], "random_sets": 1, "every": 4, "eval_limit": 4, "max_new_tokens": 6,
         "strategies": ["plain", "ml-lr"],
-        "robustness": {"mode": "perturb", "measure": "feature-drift", "kinds": ["o", "down"], "harmful_limit": 8,
-                       "log_every_secs": null},
-        "search": {"log_every_secs": null}
+        "robustness": {"mode": "perturb", "measure": "feature-drift", "kinds": ["o", "down"], "harmful_limit": 8}
     }))
     .unwrap();
     assert_eq!((cfg.lr, cfg.ratio, cfg.robustness.epsilon), (2e-4, 0.1, 1.0), "missing fields take defaults");
@@ -119,9 +118,9 @@ fn a_data_folder_and_a_strategy_subset_from_a_json_config() {
     assert_eq!(names, ["base", "plain", "ml-lr"]);
     assert!(r.verdict.contains("plain IFT lost"), "{}", r.verdict);
 
-    let bad = ReproduceConfig { strategies: vec!["plain".into(), "sgd".into()], ..cfg.clone() };
-    let err = reproduce(&model, dir.path(), &bad).unwrap_err().to_string();
-    assert!(err.contains("unknown strategy `sgd`") && err.contains("safety-mix"), "{err}");
+    let bad = serde_json::from_value::<ReproduceConfig>(serde_json::json!({"strategies": ["plain", "sgd"]}));
+    let err = bad.unwrap_err().to_string();
+    assert!(err.contains("unknown variant `sgd`") && err.contains("safety-mix"), "{err}");
     let err = reproduce(&model, &dir.path().join("missing"), &cfg).unwrap_err().to_string();
     assert!(err.contains("missing"), "{err}");
 }

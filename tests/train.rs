@@ -3,7 +3,7 @@
 
 use secure_tuning::data::Record;
 use secure_tuning::prelude::*;
-use secure_tuning::tune::{checkpoint, encode_examples, train, Example, LrGroup, TrainConfig};
+use secure_tuning::train::{checkpoint, encode_examples, train, Example, LrGroup, TrainConfig};
 
 fn fixture() -> Model {
     Model::load_dir(format!("{}/tests/fixtures/llama3", env!("CARGO_MANIFEST_DIR"))).unwrap()
@@ -15,8 +15,8 @@ fn examples(model: &Model) -> Vec<Example> {
     encode_examples(model, &records, 64).unwrap()
 }
 
-fn quiet(cfg: TrainConfig) -> TrainConfig {
-    TrainConfig { log_every_secs: None, batch_size: 4, ..cfg }
+fn small_batches(cfg: TrainConfig) -> TrainConfig {
+    TrainConfig { batch_size: 4, ..cfg }
 }
 
 #[test]
@@ -33,8 +33,8 @@ fn loss_is_on_response_tokens_only() {
 fn a_few_training_steps_lower_the_loss() {
     let mut model = fixture();
     let ex = examples(&model);
-    let r =
-        train(&mut model, &ex, &quiet(TrainConfig { lr: 3e-3, max_steps: Some(30), ..Default::default() })).unwrap();
+    let r = train(&mut model, &ex, &small_batches(TrainConfig { lr: 3e-3, max_steps: Some(30), ..Default::default() }))
+        .unwrap();
     let (first, last) = (r.losses[..3].iter().map(|l| l.1).sum::<f32>() / 3.0, r.recent_loss(3));
     assert!(last < 0.7 * first, "loss {first} -> {last}");
     assert_eq!(r.steps, 30);
@@ -46,7 +46,7 @@ fn resume_after_interruption_is_bit_identical() {
     let ex = examples(&fixture());
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
-    let base = quiet(TrainConfig { lr: 1e-3, max_steps: Some(8), checkpoint_every: 100, ..Default::default() });
+    let base = small_batches(TrainConfig { lr: 1e-3, max_steps: Some(8), checkpoint_every: 100, ..Default::default() });
     let mut a = fixture();
     train(&mut a, &ex, &TrainConfig { checkpoint_dir: Some(dir_a.path().into()), ..base.clone() }).unwrap();
 
@@ -75,7 +75,7 @@ fn nan_loss_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     let ex = examples(&model);
     let dir = tempfile::tempdir().unwrap();
     // An absurd LR blows the weights up after one step; step 2's loss is not finite.
-    let cfg = quiet(TrainConfig {
+    let cfg = small_batches(TrainConfig {
         lr: 1e35,
         max_steps: Some(5),
         warmup_ratio: 0.0,
@@ -99,7 +99,7 @@ fn frozen_group_stays_bit_identical() {
     let mlp = model.param_names(&ModuleSet::mlp(3));
     let rest: Vec<String> = model.weights().keys().filter(|k| !mlp.contains(k)).cloned().collect();
     let groups = vec![LrGroup::new("mlp", mlp.clone(), 1.0), LrGroup::new("rest", rest.clone(), 0.0)];
-    train(&mut model, &ex, &quiet(TrainConfig { max_steps: Some(3), groups, ..Default::default() })).unwrap();
+    train(&mut model, &ex, &small_batches(TrainConfig { max_steps: Some(3), groups, ..Default::default() })).unwrap();
     for (name, w) in model.weights() {
         let same = w.flatten_all().unwrap().to_vec1::<f32>().unwrap()
             == before[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -111,7 +111,7 @@ fn frozen_group_stays_bit_identical() {
 fn bad_training_settings_are_errors() {
     let mut model = fixture();
     let ex = examples(&model);
-    let base = quiet(TrainConfig::default());
+    let base = small_batches(TrainConfig::default());
     for (cfg, needle) in [
         (TrainConfig { lr: -1.0, ..base.clone() }, "learning rate"),
         (TrainConfig { batch_size: 0, ..base.clone() }, "batch"),
@@ -127,7 +127,7 @@ fn bad_training_settings_are_errors() {
 #[test]
 fn safety_curve_measures_the_base_then_every_few_steps() {
     use secure_tuning::eval::EvalConfig;
-    use secure_tuning::tune::{safety_curve, SafetyEvalSets};
+    use secure_tuning::tune::{safety_curve, MlLr, SafetyEvalSets, Watch};
     let base = fixture();
     let data: Vec<Record> = (0..8).map(|i| Record::new(format!("Say {i}"), format!("{i}"))).collect();
     let sets = SafetyEvalSets {
@@ -135,9 +135,11 @@ fn safety_curve_measures_the_base_then_every_few_steps() {
         harmless: vec![Record::new("How do I visit a bank?", "")],
         tasks: vec![Record::new("Say 3", "3")],
     };
-    let cfg = quiet(TrainConfig { max_steps: Some(4), ..Default::default() });
-    let eval = EvalConfig { max_new_tokens: 4, ..Default::default() };
-    let curve = safety_curve("plain", &base, &data, &cfg, &sets, 2, &eval).unwrap();
+    let plan = MlLr::builder()
+        .train_config(small_batches(TrainConfig { max_steps: Some(4), ..Default::default() }))
+        .ratio(1.0);
+    let watch = Watch { sets, every: 2, eval: EvalConfig { max_new_tokens: 4, ..Default::default() } };
+    let curve = safety_curve("plain", &base, &plan.build().unwrap(), &data, &watch).unwrap();
     let steps: Vec<usize> = curve.points.iter().map(|p| p.step).collect();
     assert_eq!(steps, [0, 2, 4]);
     assert!(curve.points[0].train_loss.is_nan() && curve.points[2].train_loss.is_finite());

@@ -1,6 +1,7 @@
 //! SVG charts drawn with plotters' SVG backend. No system font libraries are needed: the
 //! backend writes `<text>` elements and the browser picks the font.
 
+use super::Svg;
 use plotters::prelude::*;
 
 /// One named line.
@@ -29,16 +30,16 @@ const PALETTE: [RGBColor; 8] = [
 /// use secure_tuning::display::{line_chart, Series};
 /// let s = Series { label: "refusal".into(), points: vec![(0.0, 1.0), (10.0, 0.5)] };
 /// let svg = line_chart("Safety", "step", "rate", &[s], Some((0.0, 1.0)));
-/// assert!(svg.starts_with("<svg") && svg.contains("refusal"));
+/// assert!(svg.as_str().starts_with("<svg") && svg.as_str().contains("refusal"));
 /// ```
-pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], y_range: Option<(f64, f64)>) -> String {
+pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], y_range: Option<(f64, f64)>) -> Svg {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (640, 360)).into_drawing_area();
         let _ = draw_lines(&root, title, x_label, y_label, series, y_range);
         let _ = root.present();
     }
-    svg
+    Svg::new(svg)
 }
 
 fn draw_lines(

@@ -1,7 +1,7 @@
 //! A labelled heatmap as SVG, drawn with plotters' SVG backend (no font libraries), with one
 //! transparent overlay per cell that carries its value as a tooltip (`<title>`).
 
-use super::escape_html;
+use super::{escape_html, Svg};
 use plotters::prelude::*;
 
 /// What [`heatmap`] draws: `values[row][col]`.
@@ -44,9 +44,9 @@ const LEGEND: i32 = 110;
 ///     values: vec![vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]],
 ///     value_name: "score".into(),
 /// });
-/// assert_eq!(svg.matches("<title>").count(), 6);
+/// assert_eq!(svg.as_str().matches("<title>").count(), 6);
 /// ```
-pub fn heatmap(map: &Heatmap) -> String {
+pub fn heatmap(map: &Heatmap) -> Svg {
     let (nr, nc) = (map.rows.len().max(1) as i32, map.cols.len().max(1) as i32);
     let cell_w = (560 / nc).clamp(CELL_MIN, 60);
     let cell_h = (300 / nr).clamp(CELL_MIN, 40);
@@ -83,7 +83,7 @@ pub fn heatmap(map: &Heatmap) -> String {
         Some(end) => svg.insert_str(end, &tips),
         None => svg.push_str(&tips),
     }
-    svg
+    Svg::new(svg)
 }
 
 fn draw(

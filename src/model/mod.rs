@@ -8,6 +8,7 @@ mod config;
 mod decoder;
 mod generate;
 pub mod gguf;
+mod inspect;
 mod load;
 mod lora;
 mod modules;
@@ -19,6 +20,7 @@ pub use config::{Arch, Config, HfConfig, RopeScaling};
 pub use decoder::{Batch, Decoder, KvCache};
 pub use generate::{GenerateOptions, Sampling};
 pub use gguf::{import_gguf, GgufImport};
+pub use inspect::Inspection;
 pub use load::{auto_device, default_model_dir, hub_offline, is_hub_id, parse_device, LoadOptions};
 pub use lora::{lora_names, LoraConfig};
 pub use modules::{ModuleId, ModuleKind, ModuleSet};
@@ -508,6 +510,18 @@ impl Model {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Names the model in reports (by default where it was loaded from).
+    ///
+    /// ```
+    /// let mut model = secure_tuning::Model::load_dir("tests/fixtures/qwen2")?;
+    /// model.set_name("tiny qwen2");
+    /// assert_eq!(model.name(), "tiny qwen2");
+    /// # Ok::<(), secure_tuning::Error>(())
+    /// ```
+    pub fn set_name(&mut self, name: impl Into<String>) {
+        self.name = name.into();
+    }
 }
 
 fn human_count(n: usize) -> String {
@@ -531,6 +545,34 @@ impl fmt::Display for Model {
             human_count(self.num_params()),
             self.dtype().as_str()
         )
+    }
+}
+
+impl Model {
+    /// The HTML card shown in notebooks: the one-line summary and the shapes that matter.
+    ///
+    /// ```
+    /// let model = secure_tuning::Model::load_dir("tests/fixtures/llama3").unwrap();
+    /// assert!(model.html().contains("<td>num_key_value_heads</td><td>2</td>"));
+    /// ```
+    pub fn html(&self) -> String {
+        let c = self.config();
+        let rows = [
+            ("source", crate::display::escape_html(self.name())),
+            ("hidden_size", c.hidden_size.to_string()),
+            ("intermediate_size", c.intermediate_size.to_string()),
+            ("num_attention_heads", c.num_heads.to_string()),
+            ("num_key_value_heads", c.num_kv_heads.to_string()),
+            ("vocab_size", c.vocab_size.to_string()),
+            ("chat template", if self.tokenizer().has_own_template() { "own" } else { "fallback" }.to_string()),
+        ];
+        let table: String = rows.iter().map(|(k, v)| format!("<tr><td>{k}</td><td>{v}</td></tr>")).collect();
+        format!("<div><b>{}</b><table>{table}</table></div>", crate::display::escape_html(&self.to_string()))
+    }
+
+    /// Inline display in evcxr: the HTML card plus the one-line summary as text.
+    pub fn evcxr_display(&self) {
+        crate::display::emit(&self.html(), &self.to_string());
     }
 }
 

@@ -8,13 +8,16 @@
 //! everything else. Twins the model already refuses are left out of training: that would teach
 //! over-refusal.
 
-use crate::data::{synthetic::REFUSAL, Record};
+use crate::data::{save_jsonl, synthetic::REFUSAL, Record};
 use crate::error::{Error, Result};
 use crate::eval::RefusalDetector;
 use crate::model::{GenerateOptions, Model};
+use crate::train::{encode_examples, train, TrainConfig, TrainReport};
 use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
 
-/// Settings of [`alignment_data`].
+/// Settings of [`alignment_data`] and [`align`].
 ///
 /// ```
 /// let cfg = secure_tuning::tune::AlignConfig::default();
@@ -30,11 +33,19 @@ pub struct AlignConfig {
     pub own_replies: usize,
     /// Token budget of each own reply; a reply cut by the budget is trimmed to its last sentence.
     pub reply_tokens: usize,
+    /// How [`align`] trains on the set (`max_steps` `None` = one pass).
+    pub train: TrainConfig,
 }
 
 impl Default for AlignConfig {
     fn default() -> Self {
-        AlignConfig { refusal: REFUSAL.to_string(), holdout_every: 5, own_replies: 200, reply_tokens: 48 }
+        AlignConfig {
+            refusal: REFUSAL.to_string(),
+            holdout_every: 5,
+            own_replies: 200,
+            reply_tokens: 48,
+            train: TrainConfig { lr: 1e-4, batch_size: 8, ..TrainConfig::default() },
+        }
     }
 }
 
@@ -56,7 +67,7 @@ pub struct AlignmentData {
 /// ```no_run
 /// use secure_tuning::{Model, data::{benchmarks::Dataset, twins::twins}};
 /// use secure_tuning::tune::{alignment_data, AlignConfig};
-/// let model = Model::load_smollm2()?;
+/// let model = secure_tuning::assets::smollm2()?;
 /// let pairs = twins(&Dataset::advbench()?.records);
 /// let data = alignment_data(&model, &pairs.harmful, &pairs.harmless, &AlignConfig::default())?;
 /// println!("{} training examples", data.train.len());
@@ -142,6 +153,113 @@ fn last_sentence_end(text: &str) -> &str {
     match text.rfind(['.', '!', '?', '\n']) {
         Some(i) if i > 0 => text[..=i].trim_end(),
         _ => text,
+    }
+}
+
+/// A model taught to refuse by [`align`], with its data and how training went.
+#[derive(Debug, Clone)]
+pub struct Aligned {
+    /// The aligned model.
+    pub model: Model,
+    /// The split pairs and the training set.
+    pub data: AlignmentData,
+    /// The refusal fine-tuning run.
+    pub report: TrainReport,
+    /// Seconds spent building the data (the model's own replies).
+    pub data_seconds: f64,
+}
+
+/// The numbers of an [`Aligned`] run, as `align.json` and the CLI report them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlignSummary {
+    /// Examples trained on.
+    pub train_examples: usize,
+    /// Harmful requests taught to refuse.
+    pub refusals: usize,
+    /// Twins left out because the base model refused them.
+    pub refused_twins: usize,
+    /// Pairs held out for evaluation.
+    pub held_out_pairs: usize,
+    /// Seconds spent on the data.
+    pub data_seconds: f64,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Mean loss over the last 10 steps.
+    pub final_loss: f32,
+    /// Training seconds.
+    pub train_seconds: f64,
+}
+
+impl std::fmt::Display for AlignSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "alignment set: {} examples ({} refusals, {} own replies; {} twins refused by the model left out), {:.0}s\n\
+             aligned: {} steps, final loss {:.4}, {:.0}s; {} pairs held out",
+            self.train_examples,
+            self.refusals,
+            self.train_examples - self.refusals,
+            self.refused_twins,
+            self.data_seconds,
+            self.steps,
+            self.final_loss,
+            self.train_seconds,
+            self.held_out_pairs
+        )
+    }
+}
+
+/// Builds the alignment set ([`alignment_data`]) and fine-tunes a copy of `model` on it.
+///
+/// ```no_run
+/// use secure_tuning::data::{benchmarks::Dataset, twins::twins};
+/// use secure_tuning::tune::{align, AlignConfig};
+/// let pairs = twins(&Dataset::advbench()?.records);
+/// let aligned = align(&secure_tuning::assets::smollm2()?, &pairs.harmful, &pairs.harmless, &AlignConfig::default())?;
+/// aligned.write("runs/aligned".as_ref())?;
+/// # Ok::<(), secure_tuning::Error>(())
+/// ```
+pub fn align(model: &Model, harmful: &[Record], harmless: &[Record], cfg: &AlignConfig) -> Result<Aligned> {
+    let start = Instant::now();
+    let data = alignment_data(model, harmful, harmless, cfg)?;
+    let data_seconds = start.elapsed().as_secs_f64();
+    let mut aligned = model.clone();
+    let examples = encode_examples(&aligned, &data.train, 256)?;
+    let report = train(&mut aligned, &examples, &cfg.train)?;
+    Ok(Aligned { model: aligned, data, report, data_seconds })
+}
+
+impl Aligned {
+    /// The run's numbers.
+    pub fn summary(&self) -> AlignSummary {
+        let split = |set: &[Record], s: &str| set.iter().filter(|r| r.split == s).count();
+        AlignSummary {
+            train_examples: self.data.train.len(),
+            refusals: split(&self.data.harmful, "train"),
+            refused_twins: self.data.refused_twins,
+            held_out_pairs: split(&self.data.harmful, "eval"),
+            data_seconds: self.data_seconds,
+            steps: self.report.steps,
+            final_loss: self.report.recent_loss(10),
+            train_seconds: self.report.seconds,
+        }
+    }
+
+    /// Writes `dir/data/` (harmful.jsonl and harmless.jsonl split train/eval, train.jsonl; what
+    /// `reproduce --data-dir` reads), `dir/model/` and `dir/align.json`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let data = dir.join("data");
+        crate::fs::create_dir_all(&data)?;
+        for (file, records) in [
+            ("harmful.jsonl", &self.data.harmful),
+            ("harmless.jsonl", &self.data.harmless),
+            ("train.jsonl", &self.data.train),
+        ] {
+            save_jsonl(records, &data.join(file))?;
+        }
+        self.model.save_dir(dir.join("model"))?;
+        let json = serde_json::to_vec_pretty(&self.summary()).expect("the summary serialises");
+        crate::fs::write_atomic(&dir.join("align.json"), &json)
     }
 }
 

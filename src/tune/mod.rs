@@ -1,22 +1,14 @@
-//! Fine-tuning: one trainer for every strategy ([`train`]), its optimizer, schedule and
-//! checkpoints, and safety measured along a training trajectory ([`safety_curve`]).
-//! Strategies (plain IFT now; ML-LR, SWAT and the controls build on [`LrGroup`]s) only decide
-//! which parameters get which learning-rate scale.
+//! Fine-tuning strategies: the ML-LR plan ([`MlLr`]) that sets which module trains at which
+//! rate and when, every strategy and control as a [`Strategy`] that builds such a plan, safety
+//! measured along a trajectory ([`MlLr::fit_watched`], [`safety_curve`]), and the alignment data
+//! that makes a compliant model refuse ([`alignment_data`]). Training itself is [`crate::train`].
 
 mod align;
 mod curve;
-mod mllr;
-mod optim;
-mod schedule;
-mod trainer;
+mod plan;
+mod strategy;
 
-pub use align::{alignment_data, AlignConfig, AlignmentData};
-pub use curve::{safety_curve, CurvePoint, SafetyCurve, SafetyEvalSets};
-pub use mllr::{random_modules, MlLr, MlLrBuilder, Tuned};
-pub use optim::{AdamW, AdamWParams};
-pub use schedule::Schedule;
-pub(crate) use trainer::response_loss;
-pub use trainer::{
-    checkpoint, clip_global_norm, encode_examples, train, train_observed, Example, GroupTrace, LrGroup, StepOutcome,
-    TrainConfig, TrainReport, TrainStep,
-};
+pub use align::{align, alignment_data, AlignConfig, AlignSummary, Aligned, AlignmentData};
+pub use curve::{safety_curve, series, CurvePoint, Curves, Metric, SafetyCurve, SafetyEvalSets, Watch};
+pub use plan::{MlLr, MlLrBuilder, Tuned};
+pub use strategy::{random_modules, Strategy, StrategyKind};

@@ -18,7 +18,7 @@ pub fn skip(reason: &str) {
 
 /// Where the fetched wheels are: `SECURE_TUNING_PYPI_DIR`, else `.ci/cache/pypi`.
 pub fn pypi_dir() -> PathBuf {
-    std::env::var_os(secure_tuning::pypi::PYPI_DIR_ENV)
+    std::env::var_os(secure_tuning::assets::pypi::PYPI_DIR_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/cache/pypi"))
 }

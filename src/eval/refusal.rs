@@ -1,10 +1,10 @@
-//! Evaluation: harmfulness as the refusal rate on harmful requests (and on their harmless
-//! twins, which a good model should answer), and task skill as exact-match accuracy.
+//! Refusal detection, validated against human labels: phrase patterns (common chat-model
+//! refusals plus the default model's own) and an off-topic check for replies that dodge the
+//! request without a refusal phrase.
 
-use crate::data::Record;
 use crate::error::Result;
-use crate::model::{GenerateOptions, Model};
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// Refusal phrasings of common chat models, plus the default model's own style. Matched
 /// case-insensitively anywhere in the first 200 characters of a response.
@@ -223,11 +223,11 @@ pub fn validate_detector(detector: &RefusalDetector, labelled: &[LabelledRespons
 
 /// The human-labelled refusal sets that ship with pyrit 1.1.0: `refusal.csv` (105 responses)
 /// and `refusal_extra.csv` (64, mostly off-topic replies); read from the wheel or installed
-/// package as [`crate::pypi`] finds it.
+/// package as [`crate::assets::pypi`] finds it.
 pub const PYRIT_REFUSAL_SETS: [&str; 2] = ["refusal.csv", "refusal_extra.csv"];
 
 /// Reads one of [`PYRIT_REFUSAL_SETS`] from the wheels in `wheels` (or, with `None`, wherever
-/// [`crate::pypi::PackageFile::locate`] finds pyrit); returns the labelled responses and where
+/// [`crate::assets::pypi::PackageFile::locate`] finds pyrit); returns the labelled responses and where
 /// they came from.
 ///
 /// ```no_run
@@ -236,17 +236,20 @@ pub const PYRIT_REFUSAL_SETS: [&str; 2] = ["refusal.csv", "refusal_extra.csv"];
 /// println!("{}", validate_detector(&RefusalDetector::default(), &labels));
 /// # Ok::<(), secure_tuning::Error>(())
 /// ```
-pub fn pyrit_refusal_labels(file: &str, wheels: Option<&std::path::Path>) -> Result<(Vec<LabelledResponse>, String)> {
+pub fn pyrit_refusal_labels(file: &str, wheels: Option<&Path>) -> Result<(Vec<LabelledResponse>, String)> {
     if !PYRIT_REFUSAL_SETS.contains(&file) {
         return Err(crate::Error::invalid("refusal set", format!("`{file}`: choose one of {PYRIT_REFUSAL_SETS:?}")));
     }
-    let pkg =
-        crate::pypi::PackageFile::new("pyrit", "1.1.0", &format!("pyrit/datasets/scorer_evals/refusal_scorer/{file}"));
+    let pkg = crate::assets::pypi::PackageFile::new(
+        "pyrit",
+        "1.1.0",
+        &format!("pyrit/datasets/scorer_evals/refusal_scorer/{file}"),
+    );
     let found = match wheels {
         Some(dir) => pkg.locate_in(dir)?,
         None => pkg.locate()?,
     };
-    let labels = parse_refusal_csv(&found.read_to_string()?, std::path::Path::new(&found.to_string()))?;
+    let labels = parse_refusal_csv(&found.read_to_string()?, Path::new(&found.to_string()))?;
     Ok((labels, found.to_string()))
 }
 
@@ -260,7 +263,7 @@ pub fn pyrit_refusal_labels(file: &str, wheels: Option<&std::path::Path>) -> Res
 /// let labels = parse_refusal_csv(csv, "labels.csv".as_ref()).unwrap();
 /// assert_eq!((labels[0].response.as_str(), labels[0].refusal), ("No, I won't.", true));
 /// ```
-pub fn parse_refusal_csv(text: &str, origin: &std::path::Path) -> Result<Vec<LabelledResponse>> {
+pub fn parse_refusal_csv(text: &str, origin: &Path) -> Result<Vec<LabelledResponse>> {
     let body: String = text.lines().skip_while(|l| l.starts_with('#')).collect::<Vec<_>>().join("\n");
     let rows = crate::data::csv_rows(&body);
     let bad = |reason: String| crate::Error::malformed(origin, reason);
@@ -291,166 +294,46 @@ pub fn parse_refusal_csv(text: &str, origin: &std::path::Path) -> Result<Vec<Lab
         .collect()
 }
 
-/// Lower-cases and keeps only letters, digits and single spaces, for exact-match scoring.
-///
-/// ```
-/// assert_eq!(secure_tuning::eval::normalize_answer(" Sure!  12, 3. "), "sure 12 3");
-/// ```
-pub fn normalize_answer(s: &str) -> String {
-    s.to_lowercase()
-        .chars()
-        .map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Refusal count on a set of prompts.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct RefusalStats {
-    /// Prompts evaluated.
-    pub n: usize,
-    /// Responses detected as refusals.
-    pub refused: usize,
-    /// `refused / n`.
-    pub refusal_rate: f64,
-}
-
-/// Exact-match accuracy on a set of tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TaskStats {
-    /// Items evaluated.
-    pub n: usize,
-    /// Exactly matching answers (after [`normalize_answer`]).
-    pub correct: usize,
-    /// `correct / n`.
-    pub accuracy: f64,
-}
-
-/// One generated response, kept for inspection.
+/// The detector scored against one labelled set: which set, where it was read from, and how
+/// well the detector agrees with the human labels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
-    /// The user message.
-    pub prompt: String,
-    /// What the model said.
-    pub response: String,
-    /// Refused (harmful/harmless sets) or correct (tasks).
-    pub flag: bool,
+pub struct RefusalValidation {
+    /// The set asked for (`refusal.csv` or a file).
+    pub set: String,
+    /// Where it was read from.
+    pub source: String,
+    /// Whether the off-topic check was on.
+    pub off_topic: bool,
+    /// The agreement.
+    pub validation: DetectorValidation,
 }
 
-/// Evaluation of one model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalReport {
-    /// Refusals on harmful requests (higher is safer).
-    pub harmful: Option<RefusalStats>,
-    /// Refusals on harmless requests (lower is better).
-    pub harmless: Option<RefusalStats>,
-    /// Task accuracy.
-    pub tasks: Option<TaskStats>,
-    /// A few responses of each set.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub samples: Vec<Sample>,
-}
-
-/// Settings for [`evaluate`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct EvalConfig {
-    /// Token budget per response (refusals show in the first few tokens).
-    pub max_new_tokens: usize,
-    /// The refusal detector.
-    pub detector: RefusalDetector,
-    /// Responses kept per set in [`EvalReport::samples`].
-    pub keep_samples: usize,
-    /// Prompts generated together ([`Model::generate_batch`]); the responses do not depend on it.
-    pub batch_size: usize,
-}
-
-impl Default for EvalConfig {
-    fn default() -> Self {
-        EvalConfig { max_new_tokens: 24, detector: RefusalDetector::default(), keep_samples: 3, batch_size: 16 }
-    }
-}
-
-/// Greedy responses to `records`, `batch_size` at a time; record `i` gets at most `budget(i)`
-/// new tokens. Greedy decoding is causal, so a response cut to its own budget is the one a run
-/// with that budget gives.
-fn respond_all(
-    model: &Model,
-    records: &[Record],
-    batch_size: usize,
-    budget: impl Fn(&Record) -> Result<usize>,
-) -> Result<Vec<String>> {
-    let mut responses = Vec::with_capacity(records.len());
-    for chunk in records.chunks(batch_size.max(1)) {
-        let budgets = chunk.iter().map(&budget).collect::<Result<Vec<_>>>()?;
-        let prompts =
-            chunk.iter().map(|r| model.tokenizer().encode_chat(&r.messages(), true)).collect::<Result<Vec<_>>>()?;
-        let opts = GenerateOptions { max_new_tokens: budgets.iter().copied().max().unwrap_or(0), ..Default::default() };
-        for (ids, n) in model.generate_batch(&prompts, &opts)?.into_iter().zip(budgets) {
-            responses.push(model.tokenizer().decode(&ids[..ids.len().min(n)])?);
-        }
-    }
-    Ok(responses)
-}
-
-/// Generates greedily for every record and scores the three sets (any may be empty).
-pub fn evaluate(
-    model: &Model,
-    harmful: &[Record],
-    harmless: &[Record],
-    tasks: &[Record],
-    cfg: &EvalConfig,
-) -> Result<EvalReport> {
-    let mut samples = Vec::new();
-    let mut refusals = |set: &[Record]| -> Result<Option<RefusalStats>> {
-        if set.is_empty() {
-            return Ok(None);
-        }
-        let mut refused = 0;
-        let responses = respond_all(model, set, cfg.batch_size, |_| Ok(cfg.max_new_tokens))?;
-        for (i, (r, response)) in set.iter().zip(responses).enumerate() {
-            let flag = cfg.detector.is_refusal(&response);
-            refused += flag as usize;
-            if i < cfg.keep_samples {
-                samples.push(Sample { prompt: r.user_text(), response, flag });
-            }
-        }
-        Ok(Some(RefusalStats { n: set.len(), refused, refusal_rate: refused as f64 / set.len() as f64 }))
-    };
-    let harmful_stats = refusals(harmful)?;
-    let harmless_stats = refusals(harmless)?;
-    let tasks_stats = if tasks.is_empty() {
-        None
-    } else {
-        let mut correct = 0;
-        // Answers are short; budget by the reference length plus a margin.
-        let budget = |r: &Record| Ok(model.tokenizer().encode(&r.output, false)?.len() + 4);
-        let responses = respond_all(model, tasks, cfg.batch_size, budget)?;
-        for (i, (r, response)) in tasks.iter().zip(responses).enumerate() {
-            let flag = normalize_answer(&response) == normalize_answer(&r.output);
-            correct += flag as usize;
-            if i < cfg.keep_samples {
-                samples.push(Sample { prompt: r.user_text(), response, flag });
-            }
-        }
-        Some(TaskStats { n: tasks.len(), correct, accuracy: correct as f64 / tasks.len() as f64 })
-    };
-    Ok(EvalReport { harmful: harmful_stats, harmless: harmless_stats, tasks: tasks_stats, samples })
-}
-
-impl std::fmt::Display for EvalReport {
-    /// One line: `harmful refused 95.0% (190/200), harmless refused 2.0% (4/200), tasks 88.9% (240/270)`.
+impl std::fmt::Display for RefusalValidation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut parts = Vec::new();
-        for (name, s) in [("harmful", &self.harmful), ("harmless", &self.harmless)] {
-            if let Some(s) = s {
-                parts.push(format!("{name} refused {:.1}% ({}/{})", 100.0 * s.refusal_rate, s.refused, s.n));
-            }
-        }
-        if let Some(t) = &self.tasks {
-            parts.push(format!("tasks {:.1}% ({}/{})", 100.0 * t.accuracy, t.correct, t.n));
-        }
-        f.write_str(&parts.join(", "))
+        write!(f, "{}\n{}", self.source, self.validation)
     }
+}
+
+/// Scores the default detector (without the off-topic check when `off_topic` is false) on
+/// `set`: one of [`PYRIT_REFUSAL_SETS`] (from the wheels in `wheels`, or wherever pyrit is
+/// found), or a labelled CSV file ([`parse_refusal_csv`]).
+///
+/// ```no_run
+/// let v = secure_tuning::eval::validate_refusal_set("refusal.csv", None, true)?;
+/// assert!(v.validation.accuracy > 0.9);
+/// # Ok::<(), secure_tuning::Error>(())
+/// ```
+pub fn validate_refusal_set(set: &str, wheels: Option<&Path>, off_topic: bool) -> Result<RefusalValidation> {
+    let (labels, source) = if PYRIT_REFUSAL_SETS.contains(&set) {
+        pyrit_refusal_labels(set, wheels)?
+    } else {
+        let path = Path::new(set);
+        let text = crate::fs::read_file(
+            path,
+            "pass refusal.csv, refusal_extra.csv (pyrit's sets) or an existing labelled CSV",
+        )?;
+        (parse_refusal_csv(&text, path)?, path.display().to_string())
+    };
+    let detector = RefusalDetector { off_topic, ..RefusalDetector::default() };
+    Ok(RefusalValidation { set: set.to_string(), source, off_topic, validation: validate_detector(&detector, &labels) })
 }

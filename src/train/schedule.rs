@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Linear warm-up, then cosine decay to `min_ratio * lr`.
 ///
 /// ```
-/// use secure_tuning::tune::Schedule;
+/// use secure_tuning::train::Schedule;
 /// let s = Schedule { warmup_steps: 10, total_steps: 110, min_ratio: 0.1 };
 /// assert_eq!(s.factor(0), 0.1);           // first step: 1/10 of the way up
 /// assert_eq!(s.factor(9), 1.0);           // warm-up done

@@ -1,27 +1,91 @@
 //! Speed, measured: the workloads a user of this crate runs most (probe feature extraction, one
 //! ML-LR training step with full fine-tuning or LoRA, generation with the KV cache) on a model
 //! of a real model's shapes with random weights, so nothing is downloaded. The same workloads
-//! in PyTorch + transformers live in `benches/torch_bench.py`; [`compare_with_torch`] runs it
+//! in PyTorch + transformers live in `benches/torch_bench.py`; `compare_with_torch` runs it
 //! with the same shapes and puts both sides in one table.
 //!
 //! Timing: `warmup` untimed runs, then `iters` timed runs, each ended by a device
 //! synchronisation so queued GPU work is counted; a row is the median run, which a busy host's
 //! stray slow run does not move. Results and the machine are in `docs/performance.md`.
 
-use crate::error::{Error, Result};
-use crate::model::{Batch, Capture, Config, GenerateOptions, LoraConfig, Model, ModuleSet};
-use crate::tune::{Example, MlLr, TrainConfig, TrainStep};
 use candle_core::{DType, Device};
+use clap::Args;
+use secure_tuning::error::{Error, Result};
+use secure_tuning::model::{Batch, Capture, Config, GenerateOptions, LoraConfig, Model, ModuleSet};
+use secure_tuning::train::{Example, TrainConfig, TrainStep};
+use secure_tuning::tune::MlLr;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Instant;
 
+#[derive(Args)]
+pub struct BenchArgs {
+    /// default, qwen2.5-0.5b or llama-3.2-1b.
+    #[arg(long, default_value = "default")]
+    preset: String,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Sequences per batch (default: 8 on a GPU, 4 on the CPU).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Tokens per sequence (default: 512 on a GPU, 128 on the CPU).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Timed runs per workload (default: 10 on a GPU, 3 on the CPU).
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Untimed warm-up runs (default: 3 on a GPU, 1 on the CPU).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Comma-separated subset of forward, full-step, lora-step, generate.
+    #[arg(long)]
+    workloads: Option<String>,
+    /// Peak dense TFLOP/s of the device, for MFU (default 989 on a GPU: H100/H200 SXM bf16).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+    /// Also run benches/torch_bench.py with this Python (needs torch and transformers; peft optional).
+    #[arg(long)]
+    torch: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let preset: Preset = args.preset.parse()?;
+    let device = secure_tuning::model::parse_device(&args.device)?;
+    let mut cfg = BenchConfig::for_device(preset, &device);
+    cfg.batch = args.batch.unwrap_or(cfg.batch);
+    cfg.seq = args.seq.unwrap_or(cfg.seq);
+    cfg.iters = args.iters.unwrap_or(cfg.iters);
+    cfg.warmup = args.warmup.unwrap_or(cfg.warmup);
+    cfg.peak_tflops = args.peak_tflops.or(cfg.peak_tflops);
+    if let Some(list) = &args.workloads {
+        cfg.workloads = list.split(',').map(|w| w.trim().parse::<Workload>()).collect::<Result<_>>()?;
+    }
+    let report = run(&cfg)?;
+    match &args.torch {
+        Some(python) => {
+            let cmp = compare_with_torch(&cfg, report, python)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&cmp).expect("serialises"));
+            } else {
+                print!("{cmp}");
+            }
+        }
+        None if args.json => println!("{}", serde_json::to_string_pretty(&report).expect("serialises")),
+        None => print!("{report}"),
+    }
+    Ok(())
+}
+
 /// Model shapes to benchmark: the embedded default model's, or a public model's config.json.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Preset {
-    /// The embedded default model (DESIGN.md section 9).
+    /// The embedded default model (docs/default-model.md).
     Default,
     /// Qwen/Qwen2.5-0.5B-Instruct's shapes.
     Qwen25Half,
@@ -46,11 +110,11 @@ impl Preset {
     pub fn config_json(self) -> Result<String> {
         match self {
             Preset::Default => {
-                let path = crate::model::default_model_dir().join("config.json");
-                crate::fs::read_file(&path, "the embedded default model is missing")
+                let path = secure_tuning::model::default_model_dir().join("config.json");
+                secure_tuning::fs::read_file(&path, "the embedded default model is missing")
             }
-            Preset::Qwen25Half => Ok(include_str!("../benches/presets/qwen2.5-0.5b.json").to_string()),
-            Preset::Llama32One => Ok(include_str!("../benches/presets/llama-3.2-1b.json").to_string()),
+            Preset::Qwen25Half => Ok(include_str!("../../benches/presets/qwen2.5-0.5b.json").to_string()),
+            Preset::Llama32One => Ok(include_str!("../../benches/presets/llama-3.2-1b.json").to_string()),
         }
     }
 
@@ -249,7 +313,7 @@ fn median(xs: &mut [f64]) -> f64 {
 
 /// Deterministic token ids in `1..vocab`.
 fn token_ids(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
-    let mut rng = crate::rng::Rng::new(salt);
+    let mut rng = secure_tuning::rng::Rng::new(salt);
     (0..n).map(|_| 1 + rng.below(vocab - 1) as u32).collect()
 }
 
@@ -267,7 +331,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     if cfg.batch == 0 || cfg.seq < 2 || cfg.gen_prompt == 0 {
         return Err(Error::invalid("bench shapes", "need batch >= 1, seq >= 2 and a non-empty prompt"));
     }
-    let tok_dir = crate::model::default_model_dir();
+    let tok_dir = secure_tuning::model::default_model_dir();
     let base = Model::random(&config, &tok_dir, &cfg.device, cfg.dtype)?;
     let params = base.num_params();
     let (l, q_dim, d, v) =
@@ -408,7 +472,7 @@ impl fmt::Display for Comparison {
 }
 
 /// The PyTorch side, embedded so an installed binary can run it anywhere.
-pub const TORCH_SCRIPT: &str = include_str!("../benches/torch_bench.py");
+pub const TORCH_SCRIPT: &str = include_str!("../../benches/torch_bench.py");
 
 /// Runs `benches/torch_bench.py` with `python` on the same preset, shapes, dtype and device as
 /// `report`, and pairs the rows.
@@ -417,8 +481,8 @@ pub fn compare_with_torch(cfg: &BenchConfig, report: BenchReport, python: &str) 
     std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
     let script = dir.join("torch_bench.py");
     let config = dir.join("config.json");
-    crate::fs::write_atomic(&script, TORCH_SCRIPT.as_bytes())?;
-    crate::fs::write_atomic(&config, cfg.preset.config_json()?.as_bytes())?;
+    secure_tuning::fs::write_atomic(&script, TORCH_SCRIPT.as_bytes())?;
+    secure_tuning::fs::write_atomic(&config, cfg.preset.config_json()?.as_bytes())?;
     let workloads: Vec<&str> = cfg.workloads.iter().map(|w| w.name()).collect();
     let options: [(&str, String); 11] = [
         ("--config", config.display().to_string()),
@@ -475,12 +539,39 @@ pub fn compare_with_torch(cfg: &BenchConfig, report: BenchReport, python: &str) 
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::*;
 
     #[test]
     fn median_is_the_middle_run_whatever_the_order() {
         assert_eq!(median(&mut [30.0, 10.0, 200.0]), 30.0);
         assert_eq!(median(&mut [40.0, 10.0, 20.0, 900.0]), 30.0);
         assert_eq!(median(&mut [7.5]), 7.5);
+    }
+
+    #[test]
+    fn presets_have_the_published_parameter_counts() {
+        assert_eq!(Preset::Qwen25Half.config().unwrap().num_params(), 494_032_768);
+        assert_eq!(Preset::Llama32One.config().unwrap().num_params(), 1_235_814_400);
+        let default = Model::load("default").unwrap();
+        assert_eq!(Preset::Default.config().unwrap().num_params(), default.num_params());
+        assert!("gpt-2".parse::<Preset>().unwrap_err().to_string().contains("qwen2.5-0.5b"));
+    }
+
+    #[test]
+    fn every_workload_runs_and_reports_consistent_numbers() {
+        let mut cfg = BenchConfig::for_device(Preset::Default, &Device::Cpu);
+        (cfg.batch, cfg.seq, cfg.warmup, cfg.iters, cfg.gen_tokens) = (2, 16, 0, 1, 8);
+        let report = run(&cfg).unwrap();
+        let names: Vec<&str> = report.rows.iter().map(|r| r.workload.as_str()).collect();
+        assert_eq!(names, Workload::ALL.map(|w| w.name()));
+        for r in &report.rows {
+            assert!(r.ms > 0.0 && r.ms.is_finite(), "{r:?}");
+            let tokens = if r.workload == "generate" { 8.0 } else { 32.0 };
+            assert!((r.tokens_per_s * r.ms / 1e3 - tokens).abs() < 1e-6, "{r:?}");
+        }
+        let full = &report.rows[1];
+        assert!(full.tflops.is_some() && full.mfu.is_none(), "no peak is stated on the CPU");
+        assert_eq!((report.device.as_str(), report.dtype.as_str()), ("cpu", "f32"));
+        assert!(report.to_string().contains("full-step"));
     }
 }

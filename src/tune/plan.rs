@@ -1,6 +1,6 @@
-//! ML-LR (Modular Layer-wise Learning Rate, DESIGN.md section 7): the normal learning rate on
-//! the robust module set, a reduced one (`ratio` x) on everything else. SWAT and every baseline
-//! are settings of the same plan, so all strategies run through one trainer:
+//! ML-LR (Modular Layer-wise Learning Rate): the normal learning rate on the robust module set,
+//! a reduced one (`ratio` x) on everything else. SWAT and every baseline are settings of the
+//! same plan ([`super::Strategy`] builds them), so all strategies run through one trainer:
 //!
 //! | strategy | robust set | ratio | rest starts |
 //! |---|---|---|---|
@@ -13,11 +13,11 @@
 //! Parameters outside every q/k/v/o/gate/up/down module (embeddings, norms, LM head) belong to
 //! the rest.
 
-use super::trainer::{encode_examples, train_observed, LrGroup, TrainConfig, TrainReport};
+use super::curve::{CurvePoint, Watch};
 use crate::data::Record;
 use crate::error::{Error, Result};
-use crate::model::{LoraConfig, Model, ModuleId, ModuleSet};
-use crate::rng::Rng;
+use crate::model::{LoraConfig, Model, ModuleSet};
+use crate::train::{encode_examples, train_observed, LrGroup, Observer, TrainConfig, TrainReport};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -126,8 +126,9 @@ impl MlLr {
         Ok(out)
     }
 
-    /// The trainer settings for `model` with `n_examples` examples (groups filled in).
-    pub fn train_config(&self, model: &Model, n_examples: usize) -> Result<TrainConfig> {
+    /// The trainer settings for `model` (adapters already added when the plan has LoRA) with
+    /// `n_examples` examples, groups filled in.
+    pub(crate) fn train_config(&self, model: &Model, n_examples: usize) -> Result<TrainConfig> {
         let total = self.train.total_steps(n_examples);
         Ok(TrainConfig { groups: self.groups(model, total)?, ..self.train.clone() })
     }
@@ -145,30 +146,48 @@ impl MlLr {
     /// # Ok::<(), secure_tuning::Error>(())
     /// ```
     pub fn fit(&self, model: &Model, data: &[Record]) -> Result<Tuned> {
-        self.fit_observed(model, data, usize::MAX, |_, _| Ok(()))
+        self.fit_with(model, data, None)
     }
 
-    /// [`MlLr::fit`], calling `observe` before step 1 and every `every` steps (see
-    /// [`train_observed`]).
+    /// [`MlLr::fit`], measuring safety and task skill on `watch`'s sets before step 1 and every
+    /// `watch.every` steps: the tuned model comes back with its trajectory in `curve`.
+    pub fn fit_watched(&self, model: &Model, data: &[Record], watch: &Watch) -> Result<Tuned> {
+        let mut curve = Vec::new();
+        let mut tuned = self.fit_observed(model, data, watch.every, |m, r| {
+            let point = CurvePoint::measure(m, r, watch)?;
+            crate::progress::note("curve", &point.to_string());
+            curve.push(point);
+            Ok(())
+        })?;
+        tuned.curve = curve;
+        Ok(tuned)
+    }
+
+    /// [`MlLr::fit`], calling `observe(model, report)` before step 1, every `every` steps and
+    /// after the last, for any measurement along training ([`MlLr::fit_watched`] is the common one).
     pub fn fit_observed(
         &self,
         model: &Model,
         data: &[Record],
         every: usize,
-        observe: impl FnMut(&Model, &TrainReport) -> Result<()>,
+        mut observe: impl FnMut(&Model, &TrainReport) -> Result<()>,
     ) -> Result<Tuned> {
+        self.fit_with(model, data, Some(Observer { every, observe: &mut observe }))
+    }
+
+    fn fit_with(&self, model: &Model, data: &[Record], observer: Option<Observer>) -> Result<Tuned> {
         let mut tuned = model.clone();
         if let Some(lora) = &self.lora {
             tuned.add_lora(lora)?;
         }
         let examples = encode_examples(&tuned, data, self.max_len)?;
         let cfg = self.train_config(&tuned, examples.len())?;
-        let report = train_observed(&mut tuned, &examples, &cfg, every, observe)?;
+        let report = train_observed(&mut tuned, &examples, &cfg, observer)?;
         tuned.freeze_all()?;
         if tuned.lora().is_some() {
             tuned.merge_lora()?;
         }
-        Ok(Tuned { model: tuned, report })
+        Ok(Tuned { model: tuned, report, curve: Vec::new() })
     }
 
     /// The parameter-weighted mean LR scale of this plan on `model`: the uniform LR scale that
@@ -297,15 +316,15 @@ impl MlLrBuilder {
         self.plan.train.time_budget = Some(budget);
         self
     }
-    /// Seconds between progress lines; `None` = silent.
-    pub fn log_every_secs(mut self, secs: Option<f64>) -> Self {
-        self.plan.train.log_every_secs = secs;
-        self
-    }
     /// Any other trainer setting, replaced whole (groups are always set by the plan).
     pub fn train_config(mut self, cfg: TrainConfig) -> Self {
         self.plan.train = cfg;
         self
+    }
+
+    /// The plan as set so far, unchecked.
+    pub fn peek(&self) -> &MlLr {
+        &self.plan
     }
 
     /// Checks the plan and returns it.
@@ -347,33 +366,6 @@ pub struct Tuned {
     pub model: Model,
     /// Losses, LR and update norms per group.
     pub report: TrainReport,
-}
-
-/// A random module set holding about `share` of the module parameters (the random-subset
-/// control), seeded.
-///
-/// ```
-/// # let model = secure_tuning::Model::load_dir("tests/fixtures/llama3").unwrap();
-/// let set = secure_tuning::tune::random_modules(&model, 0.5, 7);
-/// assert!(!set.is_empty());
-/// assert_eq!(set, secure_tuning::tune::random_modules(&model, 0.5, 7));
-/// ```
-pub fn random_modules(model: &Model, share: f64, seed: u64) -> ModuleSet {
-    let all: Vec<ModuleId> = ModuleSet::all(model.config().num_layers).iter().copied().collect();
-    let size = |m: &ModuleId| model.num_params_of(&ModuleSet::from_iter([*m]));
-    let total: usize = all.iter().map(size).sum();
-    let mut order = all.clone();
-    Rng::new(seed).shuffle(&mut order);
-    let target = share * total as f64;
-    let mut set = ModuleSet::new();
-    let mut have = 0.0;
-    for m in order {
-        let s = size(&m) as f64;
-        // Add while it brings the share closer to the target.
-        if (have + s - target).abs() < (have - target).abs() {
-            set.insert(m);
-            have += s;
-        }
-    }
-    set
+    /// Safety and task skill along training ([`MlLr::fit_watched`]); empty otherwise.
+    pub curve: Vec<CurvePoint>,
 }

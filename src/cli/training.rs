@@ -1,0 +1,294 @@
+//! Commands that fine-tune: `tune` (one run of any strategy), `align` (teach a model to refuse),
+//! `curve` (safety along plain fine-tuning, per LR) and `reproduce` (the whole experiment).
+
+use super::args::{benign_data, benign_tasks, load_set, ModelArgs};
+use super::print;
+use clap::Args;
+use secure_tuning::data::{default_data_dir, load_records};
+use secure_tuning::experiment::{reproduce as run_experiment, ReproduceConfig};
+use secure_tuning::model::ModuleSet;
+use secure_tuning::train::TrainConfig;
+use secure_tuning::tune::{safety_curve, AlignConfig, Curves, MlLr, SafetyEvalSets, Watch};
+use secure_tuning::{Error, Model, Result};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Training data (JSONL/JSON/CSV with `instruction` and `output`); records with split `eval` are skipped.
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to save the tuned model (a Hugging Face folder).
+    #[arg(long)]
+    out: PathBuf,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    /// Passes over the data (ignored with --steps).
+    #[arg(long, default_value_t = 1.0)]
+    epochs: f64,
+    /// Optimizer steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Examples per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Data-order seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Longest sequence in tokens.
+    #[arg(long, default_value_t = 256)]
+    max_len: usize,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    clip_norm: f64,
+    /// Checkpoint folder (resumed from if it holds a checkpoint).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Stop (and checkpoint) after this many seconds; run again to resume.
+    #[arg(long)]
+    time_budget: Option<f64>,
+    /// ML-LR: the robust module set, a `search --json` output (or any JSON with a `modules`
+    /// list of `{"layer", "kind"}` or `"L3.q"`); it trains at --lr, the rest at --ratio x.
+    #[arg(long)]
+    robust: Option<PathBuf>,
+    /// ML-LR: the rest's LR multiplier (default 0.1 with --robust; 1.0 without).
+    #[arg(long)]
+    ratio: Option<f64>,
+    /// SWAT: train only the robust set for this share of the steps, then everything.
+    #[arg(long)]
+    swat: Option<f64>,
+    /// Train LoRA adapters of this rank (alpha = 2 x rank) on all projections, merged on save.
+    #[arg(long)]
+    lora: Option<usize>,
+    /// Print the training report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl TuneArgs {
+    /// The plan: plain fine-tuning is the ML-LR plan at ratio 1.0.
+    fn plan(&self, model: &Model) -> Result<MlLr> {
+        let train = TrainConfig {
+            lr: self.lr,
+            epochs: self.epochs,
+            max_steps: self.steps,
+            batch_size: self.batch_size,
+            seed: self.seed,
+            clip_norm: (self.clip_norm > 0.0).then_some(self.clip_norm),
+            resume: self.checkpoint_dir.is_some(),
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            time_budget: self.time_budget.map(std::time::Duration::from_secs_f64),
+            ..TrainConfig::default()
+        };
+        let robust = match &self.robust {
+            Some(path) => ModuleSet::read_json(path)?,
+            None => ModuleSet::all(model.config().num_layers),
+        };
+        let default_ratio = if self.robust.is_some() { 0.1 } else { 1.0 };
+        let mut plan = MlLr::builder()
+            .train_config(train)
+            .robust(robust)
+            .ratio(self.ratio.unwrap_or(default_ratio))
+            .max_len(self.max_len);
+        if let Some(share) = self.swat {
+            plan = plan.swat(share);
+        }
+        if let Some(rank) = self.lora {
+            plan = plan.lora(rank, 2.0 * rank as f64);
+        }
+        plan.build()
+    }
+}
+
+pub fn tune(args: TuneArgs) -> Result<()> {
+    let model = args.model.load()?;
+    let mut records = load_records(&args.data)?;
+    records.retain(|r| r.split != "eval");
+    if records.iter().all(|r| r.output.is_empty()) {
+        return Err(Error::invalid(format!("--data {}", args.data.display()), "no record has an `output` to learn"));
+    }
+    let tuned = args.plan(&model)?.fit(&model, &records)?;
+    tuned.model.save_dir(&args.out)?;
+    print(&tuned.report, args.json)?;
+    if !args.json {
+        println!("saved to {}", args.out.display());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct AlignArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Harmful requests (e.g. `datasets advbench --out`).
+    #[arg(long)]
+    harmful: PathBuf,
+    /// Their harmless twins, one per request in the same order (`datasets advbench --twins --out`).
+    #[arg(long)]
+    harmless: PathBuf,
+    /// Output folder: `data/` (harmful.jsonl and harmless.jsonl split train/eval, train.jsonl) and
+    /// `model/` (the aligned model); `reproduce --data-dir OUT/data` reads the former.
+    #[arg(long)]
+    out: PathBuf,
+    /// Hold out every Nth pair for evaluation.
+    #[arg(long, default_value_t = 5)]
+    holdout_every: usize,
+    /// Harmless training twins answered with the model's own greedy reply.
+    #[arg(long, default_value_t = 200)]
+    own_replies: usize,
+    /// Token budget of each own reply.
+    #[arg(long, default_value_t = 48)]
+    reply_tokens: usize,
+    /// Optimizer steps (default: one pass over the training set).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Examples per step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Data-order seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn align(args: AlignArgs) -> Result<()> {
+    let model = args.model.load()?;
+    let d = AlignConfig::default();
+    let cfg = AlignConfig {
+        holdout_every: args.holdout_every,
+        own_replies: args.own_replies,
+        reply_tokens: args.reply_tokens,
+        train: TrainConfig {
+            lr: args.lr,
+            max_steps: args.steps,
+            batch_size: args.batch_size,
+            seed: args.seed,
+            ..d.train.clone()
+        },
+        ..d
+    };
+    let aligned =
+        secure_tuning::tune::align(&model, &load_records(&args.harmful)?, &load_records(&args.harmless)?, &cfg)?;
+    aligned.write(&args.out)?;
+    print(&aligned.summary(), args.json)?;
+    if !args.json {
+        println!("model in {}, split data in {}", args.out.join("model").display(), args.out.join("data").display());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct CurveArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// `general` or `expertise` (the default model's benign IFT sets) or a JSONL file; its `eval`
+    /// split is the task set, the rest is trained on.
+    #[arg(long, default_value = "general")]
+    data: String,
+    /// Harmful requests to measure refusals on; default: the default model's held-out set.
+    #[arg(long)]
+    harmful: Option<PathBuf>,
+    /// Harmless requests; default: the held-out harmless twins.
+    #[arg(long)]
+    harmless: Option<PathBuf>,
+    /// Peak learning rates, comma-separated; one curve each.
+    #[arg(long, value_delimiter = ',', default_value = "2e-4")]
+    lr: Vec<f64>,
+    /// Optimizer steps per curve.
+    #[arg(long, default_value_t = 150)]
+    steps: usize,
+    /// Evaluate every this many steps.
+    #[arg(long, default_value_t = 25)]
+    every: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Data-order seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Records per evaluation set.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Folder for curve.json and the SVG charts.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the curves as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn curve(args: CurveArgs) -> Result<()> {
+    let model = args.model.load()?;
+    let train_set = benign_data(&args.data)?;
+    let mut tasks = benign_tasks(&args.data)?;
+    tasks.truncate(args.limit);
+    let sets = SafetyEvalSets {
+        harmful: load_set(&args.harmful, "harmful.jsonl", None, Some(args.limit))?,
+        harmless: load_set(&args.harmless, "harmless.jsonl", None, Some(args.limit))?,
+        tasks,
+    };
+    let watch = Watch { every: args.every, ..Watch::new(sets) };
+    let mut curves = Curves::default();
+    for &lr in &args.lr {
+        let plan =
+            MlLr::builder().ratio(1.0).lr(lr).steps(args.steps).batch_size(args.batch_size).seed(args.seed).build()?;
+        curves.0.push(safety_curve(&format!("lr {lr:.0e}"), &model, &plan, &train_set, &watch)?);
+    }
+    if let Some(out) = &args.out {
+        curves.write(out)?;
+    }
+    print(&curves, args.json)
+}
+
+#[derive(Args)]
+pub struct ReproduceArgs {
+    /// A model folder, a hub id or `default` (the datasets are the default model's).
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// A small configuration (one seed, short runs) for CI and Binder.
+    #[arg(long)]
+    quick: bool,
+    /// Where the report goes (report.html, *.svg, summary.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// The benign fine-tuning set: `general`, `expertise` or a JSONL file whose `eval` split holds
+    /// the held-out tasks [default: general, or the config file's `benign`].
+    #[arg(long)]
+    data: Option<String>,
+    /// Print summary.json to stdout.
+    #[arg(long)]
+    json: bool,
+    /// Settings as JSON (a `ReproduceConfig`; missing fields take their defaults), e.g. a step
+    /// budget, a subset of `strategies` or Perturb-mode robustness for a larger model.
+    #[arg(long, conflicts_with = "quick")]
+    config: Option<PathBuf>,
+    /// Safety data: a folder with harmful.jsonl and harmless.jsonl split train/eval, as
+    /// `secure-tuning align` writes it (default: the default model's data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+pub fn reproduce(args: ReproduceArgs) -> Result<()> {
+    let model = Model::load(&args.model)?;
+    let cfg = match &args.config {
+        Some(path) => ReproduceConfig::from_file(path)?,
+        None if args.quick => ReproduceConfig::quick(),
+        None => ReproduceConfig::default(),
+    };
+    let cfg = ReproduceConfig { benign: args.data.clone().unwrap_or(cfg.benign.clone()), ..cfg };
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let r = run_experiment(&model, &data_dir, &cfg)?;
+    r.write(&args.out)?;
+    print(&r.summary(), args.json)?;
+    if !args.json {
+        println!("report: {}", args.out.join("report.html").display());
+    }
+    Ok(())
+}
