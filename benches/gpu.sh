@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Everything the GPU half of the speed issue needs, in one call on the device machine:
-#   run from the repository root with gpu-bin/ (from ../shared/gpu/build-cuda.sh) beside it;
+#   run from the repository root with gpu-bin/ (from scripts/build-cuda.sh) beside it;
 #   results go to $OUT (or ./gpu-out). Each step runs even if an earlier one failed.
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 # The binary travels xz-compressed (gpu-pack/) to fit the transfer limit.
 if [ ! -x gpu-bin/secure-tuning ] && [ -f gpu-pack/secure-tuning.xz ]; then
-  mkdir -p gpu-bin && cp gpu-pack/device-env.sh gpu-bin/
+  mkdir -p gpu-bin && cp gpu-pack/env.sh gpu-bin/
   python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open('gpu-pack/secure-tuning.xz'), open('gpu-bin/secure-tuning','wb'))"
   chmod +x gpu-bin/secure-tuning
 fi
-source gpu-bin/device-env.sh | tee "$OUT/gpu.txt"
+source gpu-bin/env.sh | tee "$OUT/gpu.txt"
 export SECURE_TUNING_HOME=$PWD
 ST=gpu-bin/secure-tuning
 PY=${PYTHON:-python3}

@@ -51,8 +51,7 @@ fn run() -> Result<()> {
             "usage: ratio_sweep REPRODUCTION.json [--lr X] [--steps N] [--modules mods_robust.json] RATIO [RATIO ...]",
         ));
     };
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
-    let repro: Reproduction = serde_json::from_str(&text).map_err(|e| Error::malformed(path, e.to_string()))?;
+    let repro = Reproduction::read_json(std::path::Path::new(path))?;
     let robust = match &modules_path {
         Some(p) => ModuleSet::read_json(std::path::Path::new(p))?,
         None => repro.mods_robust.modules.clone(),

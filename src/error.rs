@@ -22,10 +22,18 @@ pub enum Error {
         /// What to do about it.
         hint: String,
     },
-    /// A file exists but could not be read.
+    /// A file or folder exists but could not be read.
     #[error("cannot read `{path}`: {source}")]
-    Io {
+    Read {
         /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// A file or folder could not be written (created, renamed, removed).
+    #[error("cannot write `{path}`: {source}; check that its folder exists and is writable")]
+    Write {
+        /// The file or folder.
         path: PathBuf,
         /// The operating system's reason.
         source: std::io::Error,
@@ -143,4 +151,36 @@ impl Error {
     pub fn malformed(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Malformed { path: path.into(), reason: reason.into() }
     }
+}
+
+thread_local! {
+    /// Set while [`catch_panic`] runs on this thread: its panics are reported as errors, so the
+    /// default hook's message must not be printed as well.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs third-party code that may panic on hostile input (a GGUF reader's division by a zero
+/// alignment, a tokenizer's runaway regex) and turns a panic into an error naming `what`,
+/// without the panic message on stderr.
+pub(crate) fn catch_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info)
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result.map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown failure");
+        Error::invalid(what, format!("its reader failed ({msg}); the input is malformed or too hard to parse"))
+    })
 }

@@ -17,5 +17,20 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     secure_tuning::init();
-    std::process::exit(cli::run());
+    // A panic is a bug, but even then the user gets one line and exit code 2, not a trace
+    // (RUST_BACKTRACE=1 restores the full report).
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        std::panic::set_hook(Box::new(|info| {
+            let at = info.location().map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            eprintln!("error: internal error{at}: {msg}; please report it with the command that caused it");
+        }));
+    }
+    let code = std::panic::catch_unwind(cli::run).unwrap_or(2);
+    std::process::exit(code);
 }

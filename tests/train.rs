@@ -153,3 +153,55 @@ fn safety_curve_measures_the_base_then_every_few_steps() {
         );
     }
 }
+
+/// Weights of every parameter, as f32 vectors, for bit-exact comparisons.
+fn values(model: &Model) -> Vec<(String, Vec<f32>)> {
+    model.weights().iter().map(|(k, v)| (k.clone(), v.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect()
+}
+
+#[test]
+fn a_damaged_or_missing_newest_checkpoint_falls_back_to_the_previous_one() {
+    let ex = examples(&fixture());
+    let base = small_batches(TrainConfig { lr: 1e-3, max_steps: Some(6), checkpoint_every: 2, ..Default::default() });
+    let mut whole = fixture();
+    train(&mut whole, &ex, &base).unwrap();
+    for damage in ["truncate", "remove"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig { checkpoint_dir: Some(dir.path().into()), resume: true, ..base.clone() };
+        let mut first = fixture();
+        train(&mut first, &ex, &TrainConfig { step_budget: Some(4), ..cfg.clone() }).unwrap();
+        let newest = dir.path().join("step-000004");
+        assert!(newest.is_dir() && dir.path().join("step-000002").is_dir(), "the two newest are kept");
+        match damage {
+            "truncate" => std::fs::write(newest.join("model.safetensors"), b"not a safetensors file").unwrap(),
+            _ => std::fs::remove_dir_all(&newest).unwrap(), // `latest` now names a missing folder
+        }
+        let mut resumed = fixture();
+        let report = train(&mut resumed, &ex, &cfg).unwrap();
+        assert_eq!(report.steps, 6, "{damage}");
+        assert!(values(&resumed) == values(&whole), "{damage}: resuming from step 2 gives the uninterrupted weights");
+    }
+}
+
+#[test]
+fn resume_refuses_a_checkpoint_of_another_run_and_names_what_differs() {
+    let model = fixture();
+    let ex = examples(&model);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_batches(TrainConfig {
+        max_steps: Some(4),
+        checkpoint_dir: Some(dir.path().into()),
+        resume: true,
+        ..Default::default()
+    });
+    train(&mut fixture(), &ex, &TrainConfig { step_budget: Some(2), ..cfg.clone() }).unwrap();
+    let other_data = &ex[..12];
+    let err = train(&mut fixture(), other_data, &cfg).unwrap_err().to_string();
+    assert!(err.contains("the training data") && err.contains("another checkpoint dir"), "{err}");
+    let err = train(&mut fixture(), &ex, &TrainConfig { seed: 7, ..cfg.clone() }).unwrap_err().to_string();
+    assert!(err.contains("seed (0 in the checkpoint, 7 now)"), "{err}");
+    // A run holding the folder keeps a second one out.
+    let _held = secure_tuning::fs::Claim::new(dir.path(), "checkpoint dir").unwrap();
+    let err = train(&mut fixture(), &ex, &cfg).unwrap_err().to_string();
+    assert!(err.contains("already claimed") || err.contains("another run"), "{err}");
+}

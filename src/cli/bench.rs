@@ -8,6 +8,7 @@
 //! synchronisation so queued GPU work is counted; a row is the median run, which a busy host's
 //! stray slow run does not move. Results and the machine are in `docs/performance.md`.
 
+use super::args::num;
 use candle_core::{DType, Device};
 use clap::Args;
 use secure_tuning::error::{Error, Result};
@@ -29,22 +30,22 @@ pub struct BenchArgs {
     #[arg(long, default_value = "auto")]
     device: String,
     /// Sequences per batch (default: 8 on a GPU, 4 on the CPU).
-    #[arg(long)]
+    #[arg(long, value_parser = num::count)]
     batch: Option<usize>,
     /// Tokens per sequence (default: 512 on a GPU, 128 on the CPU).
-    #[arg(long)]
+    #[arg(long, value_parser = num::count)]
     seq: Option<usize>,
     /// Timed runs per workload (default: 10 on a GPU, 3 on the CPU).
-    #[arg(long)]
+    #[arg(long, value_parser = num::count)]
     iters: Option<usize>,
     /// Untimed warm-up runs (default: 3 on a GPU, 1 on the CPU).
-    #[arg(long)]
+    #[arg(long, value_parser = num::count_or_zero)]
     warmup: Option<usize>,
     /// Comma-separated subset of forward, full-step, lora-step, generate.
     #[arg(long)]
     workloads: Option<String>,
     /// Peak dense TFLOP/s of the device, for MFU (default 989 on a GPU: H100/H200 SXM bf16).
-    #[arg(long)]
+    #[arg(long, value_parser = num::positive)]
     peak_tflops: Option<f64>,
     /// Also run benches/torch_bench.py with this Python (needs torch and transformers; peft optional).
     #[arg(long)]
@@ -478,7 +479,7 @@ pub const TORCH_SCRIPT: &str = include_str!("../../benches/torch_bench.py");
 /// `report`, and pairs the rows.
 pub fn compare_with_torch(cfg: &BenchConfig, report: BenchReport, python: &str) -> Result<Comparison> {
     let dir = std::env::temp_dir().join(format!("secure-tuning-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Write { path: dir.clone(), source })?;
     let script = dir.join("torch_bench.py");
     let config = dir.join("config.json");
     secure_tuning::fs::write_atomic(&script, TORCH_SCRIPT.as_bytes())?;

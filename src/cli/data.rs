@@ -22,6 +22,7 @@ pub struct GenerateArgs {
 
 pub fn generate_data(args: GenerateArgs) -> Result<()> {
     let defaults = SyntheticConfig::default();
+    let _out = super::args::claim(&args.out)?;
     let data = generate(&SyntheticConfig { seed: args.seed.unwrap_or(defaults.seed), ..defaults });
     data.save(&args.out)?;
     println!("{data}\nin {}", args.out.display());

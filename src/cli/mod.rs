@@ -62,7 +62,11 @@ enum Command {
 
 /// Parses the command line, runs the command and returns the process's exit code.
 pub fn run() -> i32 {
-    let result = match Cli::parse().command {
+    let command = match Cli::try_parse() {
+        Ok(cli) => cli.command,
+        Err(e) => return usage_error(e),
+    };
+    let result = match command {
         Command::Forward(a) => models::forward(a),
         Command::Chat(a) => models::chat(a),
         Command::Eval(a) => analysis::eval(a),
@@ -87,6 +91,27 @@ pub fn run() -> i32 {
             2
         }
     }
+}
+
+/// Prints help and the version as clap does; any other command-line error as one line.
+fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return e.exit_code();
+    }
+    let text = e.to_string();
+    let line: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    eprintln!("{}; see --help", line.join(" "));
+    2
 }
 
 /// Prints a result: one line of JSON with `json`, else its `Display` text.

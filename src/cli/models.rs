@@ -1,7 +1,7 @@
 //! Commands about a model itself: look inside (`forward`), talk to it (`chat`), import one
 //! (`import-gguf`), build the default one (`build-default`).
 
-use super::args::ModelArgs;
+use super::args::{claim, num, ModelArgs};
 use super::print;
 use clap::Args;
 use secure_tuning::model::{GenerateOptions, Message, Sampling};
@@ -44,13 +44,13 @@ pub struct ChatArgs {
     #[arg(long)]
     system: Option<String>,
     /// Token budget for the reply.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, value_parser = num::count, default_value_t = 128)]
     max_new_tokens: usize,
     /// Sample with this temperature instead of greedy decoding.
-    #[arg(long)]
+    #[arg(long, value_parser = num::positive)]
     temperature: Option<f64>,
     /// Nucleus mass for sampling (with --temperature).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = num::fraction, default_value_t = 1.0)]
     top_p: f64,
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
@@ -87,6 +87,7 @@ pub struct BuildArgs {
 }
 
 pub fn build_default(args: BuildArgs) -> Result<()> {
+    let _data = claim(&args.data_dir)?;
     let recipe = if args.quick { Recipe::quick() } else { Recipe::default() };
     let report = build(&recipe, &args.data_dir, &args.out)?;
     println!("{report}; saved to {}", args.out.display());
@@ -110,5 +111,6 @@ pub struct ImportGgufArgs {
 }
 
 pub fn import_gguf(args: ImportGgufArgs) -> Result<()> {
+    let _out = claim(&args.out)?;
     print(&secure_tuning::assets::import_gguf(&args.file, &args.out, args.check)?, args.json)
 }

@@ -1,7 +1,7 @@
 //! Commands that fine-tune: `tune` (one run of any strategy), `align` (teach a model to refuse),
 //! `curve` (safety along plain fine-tuning, per LR) and `reproduce` (the whole experiment).
 
-use super::args::{benign_data, benign_tasks, load_set, ModelArgs};
+use super::args::{benign_data, benign_tasks, claim, load_set, num, ModelArgs};
 use super::print;
 use clap::Args;
 use secure_tuning::data::{default_data_dir, load_records};
@@ -23,45 +23,49 @@ pub struct TuneArgs {
     #[arg(long)]
     out: PathBuf,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, value_parser = num::positive, default_value_t = 2e-4)]
     lr: f64,
     /// Passes over the data (ignored with --steps).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = num::positive, default_value_t = 1.0)]
     epochs: f64,
     /// Optimizer steps.
-    #[arg(long)]
+    #[arg(long, value_parser = num::steps)]
     steps: Option<usize>,
     /// Examples per step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = num::count, default_value_t = 16)]
     batch_size: usize,
     /// Data-order seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Longest sequence in tokens.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, value_parser = num::count, default_value_t = 256)]
     max_len: usize,
     /// Global gradient-norm clip (0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = num::non_negative, default_value_t = 1.0)]
     clip_norm: f64,
     /// Checkpoint folder (resumed from if it holds a checkpoint).
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
     /// Stop (and checkpoint) after this many seconds; run again to resume.
-    #[arg(long)]
+    #[arg(long, value_parser = num::seconds)]
     time_budget: Option<f64>,
     /// ML-LR: the robust module set, a `search --json` output (or any JSON with a `modules`
     /// list of `{"layer", "kind"}` or `"L3.q"`); it trains at --lr, the rest at --ratio x.
     #[arg(long)]
     robust: Option<PathBuf>,
     /// ML-LR: the rest's LR multiplier (default 0.1 with --robust; 1.0 without).
-    #[arg(long)]
+    #[arg(long, value_parser = num::non_negative)]
     ratio: Option<f64>,
     /// SWAT: train only the robust set for this share of the steps, then everything.
-    #[arg(long)]
+    #[arg(long, value_parser = num::share)]
     swat: Option<f64>,
     /// Train LoRA adapters of this rank (alpha = 2 x rank) on all projections, merged on save.
-    #[arg(long)]
+    #[arg(long, value_parser = num::count)]
     lora: Option<usize>,
+    /// Replace other weights the --out folder holds (shards, an index), which would otherwise be
+    /// loaded instead of the tuned model; without it such a folder is refused.
+    #[arg(long)]
+    overwrite: bool,
     /// Print the training report as JSON.
     #[arg(long)]
     json: bool,
@@ -103,14 +107,24 @@ impl TuneArgs {
 }
 
 pub fn tune(args: TuneArgs) -> Result<()> {
+    let _out = claim(&args.out)?;
     let model = args.model.load()?;
     let mut records = load_records(&args.data)?;
     records.retain(|r| r.split != "eval");
     if records.iter().all(|r| r.output.is_empty()) {
         return Err(Error::invalid(format!("--data {}", args.data.display()), "no record has an `output` to learn"));
     }
-    let tuned = args.plan(&model)?.fit(&model, &records)?;
-    tuned.model.save_dir(&args.out)?;
+    let plan = args.plan(&model)?;
+    if !args.overwrite {
+        // Refused now rather than after training: the check save_dir makes.
+        secure_tuning::model::check_save_folder(&args.out)?;
+    }
+    let tuned = plan.fit(&model, &records)?;
+    if args.overwrite {
+        tuned.model.save_dir_replacing(&args.out)?;
+    } else {
+        tuned.model.save_dir(&args.out)?;
+    }
     print(&tuned.report, args.json)?;
     if !args.json {
         println!("saved to {}", args.out.display());
@@ -133,22 +147,22 @@ pub struct AlignArgs {
     #[arg(long)]
     out: PathBuf,
     /// Hold out every Nth pair for evaluation.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_parser = num::count, default_value_t = 5)]
     holdout_every: usize,
     /// Harmless training twins answered with the model's own greedy reply.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, value_parser = num::count_or_zero, default_value_t = 200)]
     own_replies: usize,
     /// Token budget of each own reply.
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, value_parser = num::count, default_value_t = 48)]
     reply_tokens: usize,
     /// Optimizer steps (default: one pass over the training set).
-    #[arg(long)]
+    #[arg(long, value_parser = num::steps)]
     steps: Option<usize>,
     /// Examples per step.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = num::count, default_value_t = 8)]
     batch_size: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, value_parser = num::positive, default_value_t = 1e-4)]
     lr: f64,
     /// Data-order seed.
     #[arg(long, default_value_t = 0)]
@@ -159,6 +173,7 @@ pub struct AlignArgs {
 }
 
 pub fn align(args: AlignArgs) -> Result<()> {
+    let _out = claim(&args.out)?;
     let model = args.model.load()?;
     let d = AlignConfig::default();
     let cfg = AlignConfig {
@@ -199,22 +214,22 @@ pub struct CurveArgs {
     #[arg(long)]
     harmless: Option<PathBuf>,
     /// Peak learning rates, comma-separated; one curve each.
-    #[arg(long, value_delimiter = ',', default_value = "2e-4")]
+    #[arg(long, value_parser = num::positive, value_delimiter = ',', default_value = "2e-4")]
     lr: Vec<f64>,
     /// Optimizer steps per curve.
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, value_parser = num::steps, default_value_t = 150)]
     steps: usize,
     /// Evaluate every this many steps.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, value_parser = num::count, default_value_t = 25)]
     every: usize,
     /// Examples per step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, value_parser = num::count, default_value_t = 16)]
     batch_size: usize,
     /// Data-order seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Records per evaluation set.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, value_parser = num::count, default_value_t = 100)]
     limit: usize,
     /// Folder for curve.json and the SVG charts.
     #[arg(long)]
@@ -225,6 +240,7 @@ pub struct CurveArgs {
 }
 
 pub fn curve(args: CurveArgs) -> Result<()> {
+    let _out = args.out.as_deref().map(claim).transpose()?;
     let model = args.model.load()?;
     let train_set = benign_data(&args.data)?;
     let mut tasks = benign_tasks(&args.data)?;
@@ -276,6 +292,7 @@ pub struct ReproduceArgs {
 }
 
 pub fn reproduce(args: ReproduceArgs) -> Result<()> {
+    let _out = claim(&args.out)?;
     let model = Model::load(&args.model)?;
     let cfg = match &args.config {
         Some(path) => ReproduceConfig::from_file(path)?,

@@ -103,13 +103,31 @@ pub fn load_records(path: &Path) -> Result<Vec<Record>> {
     if let Some(i) = records.iter().position(|r| r.instruction.trim().is_empty()) {
         return Err(Error::malformed(path, format!("record {} has an empty instruction", i + 1)));
     }
+    for (i, r) in records.iter().enumerate() {
+        for (field, text) in [("instruction", &r.instruction), ("output", &r.output)] {
+            let n = text.chars().count();
+            if n > MAX_RECORD_CHARS {
+                return Err(Error::malformed(
+                    path,
+                    format!(
+                        "record {}: its {field} has {n} characters, more than the {MAX_RECORD_CHARS} a record may have",
+                        i + 1
+                    ),
+                ));
+            }
+        }
+    }
     Ok(records)
 }
+
+/// The longest instruction or output a record may have, in characters: far beyond any chat
+/// request, and short enough that tokenising it cannot exhaust memory.
+pub const MAX_RECORD_CHARS: usize = 100_000;
 
 /// A minimal CSV reader (quoted fields with doubled quotes supported) for `instruction`/`goal`
 /// and optional `output`/`target`, `category` columns.
 fn parse_csv(text: &str, path: &Path) -> Result<Vec<Record>> {
-    let rows = csv_rows(text);
+    let rows = csv_rows(text).map_err(|why| Error::malformed(path, why))?;
     let header = rows.first().ok_or_else(|| Error::malformed(path, "empty CSV"))?;
     let col = |names: &[&str]| header.iter().position(|h| names.contains(&h.trim()));
     let ins = col(&["instruction", "goal", "prompt"])
@@ -126,30 +144,43 @@ fn parse_csv(text: &str, path: &Path) -> Result<Vec<Record>> {
         .collect())
 }
 
-/// Rows of a CSV text (quoted fields with doubled quotes and newlines supported).
-pub(crate) fn csv_rows(text: &str) -> Vec<Vec<String>> {
+/// Rows of a CSV text (quoted fields with doubled quotes and newlines supported); an error names
+/// the line of a quote that is never closed.
+pub(crate) fn csv_rows(text: &str) -> std::result::Result<Vec<Vec<String>>, String> {
     let (mut rows, mut row, mut field) = (Vec::new(), Vec::new(), String::new());
     let (mut quoted, mut chars) = (false, text.chars().peekable());
+    let (mut line, mut quote_line) = (1, 0);
     while let Some(c) = chars.next() {
         match (c, quoted) {
             ('"', true) if chars.peek() == Some(&'"') => {
                 field.push('"');
                 chars.next();
             }
-            ('"', _) => quoted = !quoted,
+            ('"', _) => {
+                quoted = !quoted;
+                quote_line = line;
+            }
             (',', false) => row.push(std::mem::take(&mut field)),
             ('\n', false) => {
                 row.push(std::mem::take(&mut field).trim_end_matches('\r').to_string());
                 rows.push(std::mem::take(&mut row));
+                line += 1;
+            }
+            ('\n', true) => {
+                field.push(c);
+                line += 1;
             }
             _ => field.push(c),
         }
+    }
+    if quoted {
+        return Err(format!("the quote opened on line {quote_line} is never closed"));
     }
     if !field.is_empty() || !row.is_empty() {
         row.push(field);
         rows.push(row);
     }
-    rows
+    Ok(rows)
 }
 
 /// Writes records as JSONL, atomically.
@@ -160,7 +191,7 @@ pub fn save_jsonl(records: &[Record], path: &Path) -> Result<()> {
         out.push('\n');
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        crate::fs::create_dir_all(dir)?;
     }
     crate::fs::write_atomic(path, out.as_bytes())
 }

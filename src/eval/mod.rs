@@ -104,10 +104,25 @@ fn respond_all(
     budget: impl Fn(&Record) -> Result<usize>,
 ) -> Result<Vec<String>> {
     let mut responses = Vec::with_capacity(records.len());
-    for chunk in records.chunks(batch_size.max(1)) {
+    let context = model.config().max_position_embeddings;
+    for (c, chunk) in records.chunks(batch_size.max(1)).enumerate() {
         let budgets = chunk.iter().map(&budget).collect::<Result<Vec<_>>>()?;
-        let prompts =
-            chunk.iter().map(|r| model.tokenizer().encode_chat(&r.messages(), true)).collect::<Result<Vec<_>>>()?;
+        let mut prompts = Vec::with_capacity(chunk.len());
+        for (i, r) in chunk.iter().enumerate() {
+            let ids = model.tokenizer().encode_chat(&r.messages(), true)?;
+            if ids.len() >= context {
+                return Err(crate::Error::invalid(
+                    format!("record {}", c * batch_size.max(1) + i + 1),
+                    format!(
+                        "{} has {} tokens, which leaves no room to answer in the model's context of {context}; \
+                         shorten or drop it",
+                        crate::fs::excerpt(&r.instruction, 60),
+                        ids.len()
+                    ),
+                ));
+            }
+            prompts.push(ids);
+        }
         let opts = GenerateOptions { max_new_tokens: budgets.iter().copied().max().unwrap_or(0), ..Default::default() };
         for (ids, n) in model.generate_batch(&prompts, &opts)?.into_iter().zip(budgets) {
             responses.push(model.tokenizer().decode(&ids[..ids.len().min(n)])?);

@@ -265,8 +265,8 @@ pub fn pyrit_refusal_labels(file: &str, wheels: Option<&Path>) -> Result<(Vec<La
 /// ```
 pub fn parse_refusal_csv(text: &str, origin: &Path) -> Result<Vec<LabelledResponse>> {
     let body: String = text.lines().skip_while(|l| l.starts_with('#')).collect::<Vec<_>>().join("\n");
-    let rows = crate::data::csv_rows(&body);
     let bad = |reason: String| crate::Error::malformed(origin, reason);
+    let rows = crate::data::csv_rows(&body).map_err(bad)?;
     let header = rows.first().ok_or_else(|| bad("empty CSV".into()))?;
     let col = |names: &[&str]| header.iter().position(|h| names.contains(&h.trim()));
     let (Some(req), Some(resp), Some(label)) =

@@ -141,6 +141,13 @@ pub struct Summary {
     pub verdict: String,
 }
 
+impl Run {
+    /// `ml-lr s0`, `random-subset s1 set1`: the run's strategy, seed and random set.
+    pub fn label(&self) -> String {
+        format!("{} s{}{}", self.strategy, self.seed, self.set.map_or(String::new(), |s| format!(" set{s}")))
+    }
+}
+
 /// One row of the summary: a strategy's final numbers, averaged over its runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StrategyRow {

@@ -1,11 +1,11 @@
 //! How a [`Reproduction`] shows itself: charts, the summary table, the HTML report, the files
 //! of a run folder, and reading a finished run back.
 
-use super::{Reproduction, StrategyRow, Summary};
+use super::{Reproduction, Run, StrategyRow, Summary};
 use crate::display::{emit, escape_html, line_chart, Series, Svg};
 use crate::error::Result;
 use crate::fs::write_atomic;
-use crate::tune::StrategyKind;
+use crate::tune::{series, Metric, StrategyKind};
 use std::path::Path;
 
 impl Reproduction {
@@ -34,38 +34,22 @@ impl Reproduction {
 
     /// The trade-off chart: harmful-refusal rate against task accuracy along every run.
     pub fn tradeoff_chart(&self) -> Svg {
-        let series: Vec<Series> = self
-            .runs
-            .iter()
-            .filter(|r| {
-                [StrategyKind::Plain, StrategyKind::MlLr, StrategyKind::RandomSubset, StrategyKind::Swat]
-                    .contains(&r.strategy)
-            })
-            .map(|r| Series {
-                label: format!("{} s{}{}", r.strategy, r.seed, r.set.map_or(String::new(), |s| format!(" set{s}"))),
-                points: r.points.iter().map(|p| (p.task_accuracy, p.harmful_refusal)).collect(),
-            })
-            .collect();
-        line_chart(
-            "Safety-utility trade-off along training",
-            "task accuracy",
-            "harmful refusal rate",
-            &series,
-            Some((0.0, 1.0)),
-        )
+        let shown = [StrategyKind::Plain, StrategyKind::MlLr, StrategyKind::RandomSubset, StrategyKind::Swat];
+        let runs: Vec<&Run> = self.runs.iter().filter(|r| shown.contains(&r.strategy)).collect();
+        self.chart("Safety-utility trade-off along training", &runs, Metric::TaskAccuracy)
     }
 
     /// Harmful-refusal rate over training steps, one line per run.
     pub fn refusal_chart(&self) -> Svg {
-        let series: Vec<Series> = self
-            .runs
-            .iter()
-            .map(|r| Series {
-                label: format!("{} s{}{}", r.strategy, r.seed, r.set.map_or(String::new(), |s| format!(" set{s}"))),
-                points: r.points.iter().map(|p| (p.step as f64, p.harmful_refusal)).collect(),
-            })
-            .collect();
-        line_chart("Harmful-refusal rate during fine-tuning", "step", "harmful refusal rate", &series, Some((0.0, 1.0)))
+        let runs: Vec<&Run> = self.runs.iter().collect();
+        self.chart("Harmful-refusal rate during fine-tuning", &runs, Metric::Step)
+    }
+
+    /// The harmful-refusal rate of `runs` against `x`, one line per run.
+    fn chart(&self, title: &str, runs: &[&Run], x: Metric) -> Svg {
+        let lines: Vec<Series> =
+            runs.iter().map(|r| series(&r.label(), &r.points, x, Metric::HarmfulRefusal)).collect();
+        line_chart(title, x.title(), Metric::HarmfulRefusal.title(), &lines, Some((0.0, 1.0)))
     }
 
     /// The summary table as HTML.
@@ -109,9 +93,10 @@ impl Reproduction {
         )
     }
 
-    /// Writes `report.html`, the SVG charts, `summary.json` and `reproduction.json` into `dir`.
+    /// Writes `report.html`, the SVG charts, `summary.json` and `reproduction.json` into `dir`,
+    /// as a whole ([`crate::fs::replace_dir`]): a previous report there is replaced only once the
+    /// new one is complete.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        crate::fs::create_dir_all(dir)?;
         let files: [(&str, Vec<u8>); 7] = [
             ("report.html", self.html().to_string().into_bytes()),
             ("tradeoff.svg", self.tradeoff_chart().to_string().into_bytes()),
@@ -121,10 +106,13 @@ impl Reproduction {
             ("summary.json", serde_json::to_vec_pretty(&self.summary()).expect("summary serialises")),
             ("reproduction.json", serde_json::to_vec_pretty(self).expect("reproduction serialises")),
         ];
-        for (name, bytes) in files {
-            write_atomic(&dir.join(name), &bytes)?;
-        }
-        Ok(())
+        let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+        crate::fs::replace_dir(dir, &names, |staging| {
+            for (name, bytes) in &files {
+                write_atomic(&staging.join(name), bytes)?;
+            }
+            Ok(())
+        })
     }
 }
 

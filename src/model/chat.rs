@@ -60,6 +60,9 @@ fn special_token(cfg: &serde_json::Value, key: &str) -> Option<String> {
     }
 }
 
+/// Work units one template render may use: real chat templates need a few thousand per message.
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
 impl ChatTokenizer {
     /// Loads `tokenizer.json`, `tokenizer_config.json` (optional) and `chat_template.jinja`
     /// (optional) from a model folder.
@@ -73,8 +76,11 @@ impl ChatTokenizer {
                     .into(),
             });
         }
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
-            .map_err(|e| Error::malformed(&tok_path, format!("not a tokenizers JSON file ({e})")))?;
+        let text = crate::fs::read_file(&tok_path, "")?;
+        // The tokenizers crate panics on some malformed files (e.g. a damaged decoder).
+        let tokenizer: tokenizers::Tokenizer =
+            crate::error::catch_panic(&format!("tokenizer file `{}`", tok_path.display()), || text.parse())?
+                .map_err(|e| Error::malformed(&tok_path, format!("not a tokenizers JSON file ({e})")))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.exists() {
             let text = crate::fs::read_file(&cfg_path, "")?;
@@ -116,6 +122,9 @@ impl ChatTokenizer {
         // As transformers' `_compile_jinja_template`: jinja2 with trim_blocks and lstrip_blocks.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        // A bound on the work one render may do: a template with runaway loops (a hostile file,
+        // or a GGUF's embedded template) ends with an error instead of never returning.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
@@ -150,10 +159,8 @@ impl ChatTokenizer {
     /// Token ids of raw `text`; `add_special_tokens` applies the tokenizer's post-processor
     /// (e.g. a BOS token).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .tokenizer
-            .encode(text, add_special_tokens)
-            .map_err(|e| Error::Tokenizer(format!("cannot encode {text:?}: {e}")))?;
+        let enc = crate::error::catch_panic("tokenizer input", || self.tokenizer.encode(text, add_special_tokens))?
+            .map_err(|e| Error::Tokenizer(format!("cannot encode {}: {e}", crate::fs::excerpt(text, 80))))?;
         Ok(enc.get_ids().to_vec())
     }
 

@@ -220,9 +220,34 @@ impl Config {
         if head_dim % 2 != 0 {
             return Err(bad(format!("head_dim {head_dim} must be even for rotary embeddings")));
         }
+        // Sizes no real model has: a typo or a hostile file, which would otherwise ask for
+        // terabytes or loop for ever.
+        for (name, v, max) in [
+            ("vocab_size", hf.vocab_size, 1 << 22),
+            ("hidden_size", hf.hidden_size, 1 << 16),
+            ("intermediate_size", hf.intermediate_size, 1 << 18),
+            ("num_hidden_layers", hf.num_hidden_layers, 1 << 10),
+            ("num_attention_heads", hf.num_attention_heads, 1 << 10),
+            ("head_dim", head_dim, 1 << 12),
+        ] {
+            if v > max {
+                return Err(bad(format!("{name} {v} is larger than any supported model ({max})")));
+            }
+        }
         let rope_scaling = parse_rope_scaling(hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref())).map_err(bad)?;
         let rope_theta =
             hf.rope_theta.or_else(|| hf.rope_parameters.as_ref()?.get("rope_theta")?.as_f64()).unwrap_or(10_000.0);
+        let rms_norm_eps = hf.rms_norm_eps.unwrap_or(1e-6);
+        if !(rope_theta.is_finite() && rope_theta > 1.0) {
+            return Err(bad(format!("rope_theta {rope_theta} must be a finite number above 1")));
+        }
+        if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0 && rms_norm_eps < 1.0) {
+            return Err(bad(format!("rms_norm_eps {rms_norm_eps} must be a small positive number")));
+        }
+        let max_position_embeddings = hf.max_position_embeddings.unwrap_or(4096);
+        if max_position_embeddings == 0 {
+            return Err(bad("max_position_embeddings must be positive".into()));
+        }
         let n = hf.num_hidden_layers;
         let sliding_window = match arch {
             Arch::Mistral => vec![hf.sliding_window; n],
@@ -243,10 +268,10 @@ impl Config {
             num_heads: hf.num_attention_heads,
             num_kv_heads,
             head_dim,
-            rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-6),
+            rms_norm_eps,
             rope_theta,
             rope_scaling,
-            max_position_embeddings: hf.max_position_embeddings.unwrap_or(4096),
+            max_position_embeddings,
             tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
             qkv_bias: arch == Arch::Qwen2 || attention_bias,
             o_bias: arch == Arch::Llama && attention_bias,
@@ -295,17 +320,24 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>) -> std::result::Result<Rope
     let num = |key: &str| {
         obj.get(key)
             .and_then(|x| x.as_f64())
-            .ok_or_else(|| format!("rope_scaling of type `{kind}` needs a numeric `{key}`"))
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .ok_or_else(|| format!("rope_scaling of type `{kind}` needs a positive number `{key}`"))
     };
     match kind {
         "default" => Ok(RopeScaling::None),
         "linear" => Ok(RopeScaling::Linear { factor: num("factor")? }),
-        "llama3" => Ok(RopeScaling::Llama3 {
-            factor: num("factor")?,
-            low_freq_factor: num("low_freq_factor")?,
-            high_freq_factor: num("high_freq_factor")?,
-            original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
-        }),
+        "llama3" => {
+            let (low, high) = (num("low_freq_factor")?, num("high_freq_factor")?);
+            if high <= low {
+                return Err(format!("rope_scaling: high_freq_factor {high} must be above low_freq_factor {low}"));
+            }
+            Ok(RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+            })
+        }
         other => Err(format!("rope_scaling type `{other}` is not supported (supported: default, linear, llama3)")),
     }
 }

@@ -403,6 +403,17 @@ impl Decoder {
     /// Runs the decoder on `batch`, keeping what `capture` asks for. With a `cache`, the batch
     /// continues the cached sequence (positions start at the cache length) and is appended.
     pub fn forward(&self, batch: &Batch, capture: &Capture, cache: Option<&mut KvCache>) -> Result<Activations> {
+        let total = cache.as_ref().map_or(0, |c| c.len()) + batch.input_ids.dim(1)?;
+        if total > self.cfg.max_position_embeddings {
+            return Err(crate::Error::invalid(
+                "input",
+                format!(
+                    "{total} tokens are more than the model's context of {} (max_position_embeddings in \
+                     config.json); shorten the text",
+                    self.cfg.max_position_embeddings
+                ),
+            ));
+        }
         kernels::run_on_cpu_pool(batch.input_ids.device(), || self.forward_here(batch, capture, cache))
     }
 
@@ -494,6 +505,31 @@ impl Decoder {
     pub fn config(&self) -> &Config {
         &self.cfg
     }
+}
+
+/// Every parameter tensor of a model of `cfg`'s shapes: `(Hugging Face name, shape)`.
+pub(crate) fn param_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
+    let (d, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+    let mut shapes =
+        vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, d]), ("model.norm.weight".into(), vec![d])];
+    if !cfg.tie_word_embeddings {
+        shapes.push(("lm_head.weight".into(), vec![cfg.vocab_size, d]));
+    }
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        shapes.push((format!("{p}.input_layernorm.weight"), vec![d]));
+        shapes.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+        for (kind, (rows, cols)) in
+            ModuleKind::ALL.into_iter().zip([(q, d), (kv, d), (kv, d), (d, q), (i, d), (i, d), (d, i)])
+        {
+            for name in module_param_names(&ModuleId::new(l, kind), cfg) {
+                let shape = if name.ends_with(".bias") { vec![rows] } else { vec![rows, cols] };
+                shapes.push((name, shape));
+            }
+        }
+    }
+    shapes
 }
 
 /// Names of the parameter tensors belonging to a module, given the config.

@@ -107,6 +107,17 @@ impl Model {
         if let Some(i) = prompts.iter().position(Vec::is_empty) {
             return Err(Error::invalid(format!("prompt {i}"), "no tokens; the prompt text is empty"));
         }
+        let context = self.config().max_position_embeddings;
+        if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() >= context) {
+            return Err(Error::invalid(
+                format!("prompt {i}"),
+                format!(
+                    "{} tokens leave no room to answer in the model's context of {context} tokens \
+                     (max_position_embeddings); shorten it",
+                    p.len()
+                ),
+            ));
+        }
         let sampling = opts.sampling.to_candle()?;
         let mut processors: Vec<LogitsProcessor> =
             prompts.iter().map(|_| LogitsProcessor::from_sampling(opts.seed, sampling.clone())).collect();
@@ -120,12 +131,14 @@ impl Model {
             .collect();
         let mut out = vec![Vec::new(); prompts.len()];
         let mut done = vec![false; prompts.len()];
-        for _ in 0..opts.max_new_tokens {
+        // Generation stops where the context ends, whatever the budget.
+        for _ in 0..opts.max_new_tokens.min(context - longest) {
             if done.iter().all(|&d| d) {
                 break;
             }
             let batch = Batch::from_sequences(&input, pad, self.device())?;
             let logits = self.forward_cached(&batch, &capture, &mut cache)?.logits()?.to_dtype(DType::F32)?;
+            check_finite(&logits, "the next-token logits")?;
             for (i, processor) in processors.iter_mut().enumerate() {
                 if done[i] {
                     input[i] = vec![pad];
@@ -154,4 +167,20 @@ impl Model {
             conversations.iter().map(|m| self.tokenizer().encode_chat(m, true)).collect::<Result<Vec<_>>>()?;
         self.generate_batch(&prompts, opts)?.iter().map(|ids| self.tokenizer().decode(ids)).collect()
     }
+}
+
+/// An error naming `what` when `t` holds a NaN or an infinity: a broken checkpoint or config
+/// (e.g. NaN weights) must not pass for an empty answer.
+pub(crate) fn check_finite(t: &candle_core::Tensor, what: &str) -> Result<()> {
+    let total = t.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+    if total.is_finite() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "model output",
+        format!(
+            "{what} are not finite (NaN or infinite): the weights or config.json hold a value that breaks the \
+             model; check the checkpoint and rms_norm_eps / rope_theta"
+        ),
+    ))
 }

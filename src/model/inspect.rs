@@ -42,6 +42,7 @@ impl Model {
         let acts = self.forward(&batch, &Capture::residual().with_logits(LogitsMode::Last))?;
         let last = ids.len() - 1;
         let to_vec = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
+        super::generate::check_finite(acts.logits()?, "the next-token logits")?;
         let last_logits = to_vec(acts.logits()?)?;
         let hidden_states =
             acts.hidden_states()?.iter().map(|h| to_vec(&h.get(0)?.get(last)?)).collect::<Result<Vec<_>>>()?;

@@ -126,6 +126,15 @@ const OPTIONAL_FILES: [&str; 3] = ["tokenizer_config.json", "chat_template.jinja
 /// downloading what is missing unless `HF_HUB_OFFLINE` is set.
 pub fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     let revision = revision.unwrap_or("main").to_string();
+    // A revision names a branch, tag or commit, and becomes part of a cache path: `..` or an
+    // absolute path would lead out of the cache.
+    let segment_ok = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains('\\');
+    if revision.starts_with('/') || !revision.split('/').all(segment_ok) || revision.len() > 256 {
+        return Err(Error::invalid(
+            "--revision",
+            format!("{} is not a branch, tag or commit name", crate::fs::excerpt(&revision, 60)),
+        ));
+    }
     let repo = hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, revision.clone());
     let hub_err = |reason: String| Error::Hub { id: id.to_string(), reason };
     if hub_offline() {

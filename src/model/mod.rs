@@ -125,6 +125,8 @@ impl Model {
         let files = weights::safetensors_files(dir)?;
         let weights = weights::load_safetensors(&files, opts.dtype(), &opts.device)?;
         let decoder = Decoder::load(&weights::WeightSource::new(&weights, dir), &config)?;
+        let expected = decoder::param_shapes(&config).into_iter().map(|(name, _)| name).collect();
+        weights::check_all_used(&weights, &expected, dir)?;
         let mut eos_ids = load::generation_eos_ids(dir)?;
         eos_ids.extend(&config.eos_token_ids);
         eos_ids.extend(tokenizer.eos_token().and_then(|t| tokenizer.token_id(t)));
@@ -158,29 +160,7 @@ impl Model {
     /// ```
     pub fn random(config: &Config, tokenizer_dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let tokenizer = ChatTokenizer::from_dir(tokenizer_dir)?;
-        let (d, i, hd) = (config.hidden_size, config.intermediate_size, config.head_dim);
-        let (q, kv) = (config.num_heads * hd, config.num_kv_heads * hd);
-        let mut shapes: Vec<(String, Vec<usize>)> = vec![
-            ("model.embed_tokens.weight".into(), vec![config.vocab_size, d]),
-            ("model.norm.weight".into(), vec![d]),
-        ];
-        if !config.tie_word_embeddings {
-            shapes.push(("lm_head.weight".into(), vec![config.vocab_size, d]));
-        }
-        for l in 0..config.num_layers {
-            let p = format!("model.layers.{l}");
-            shapes.push((format!("{p}.input_layernorm.weight"), vec![d]));
-            shapes.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
-            for (kind, (rows, cols)) in
-                ModuleKind::ALL.into_iter().zip([(q, d), (kv, d), (kv, d), (d, q), (i, d), (i, d), (d, i)])
-            {
-                let m = ModuleId::new(l, kind);
-                for name in decoder::module_param_names(&m, config) {
-                    let shape = if name.ends_with(".bias") { vec![rows] } else { vec![rows, cols] };
-                    shapes.push((name, shape));
-                }
-            }
-        }
+        let shapes = decoder::param_shapes(config);
         let mut weights = Weights::new();
         for (name, shape) in shapes {
             let t = if name.ends_with("norm.weight") {
@@ -464,16 +444,42 @@ impl Model {
     }
 
     /// Saves the model as a Hugging Face folder (config, tokenizer files, model.safetensors),
-    /// each file written atomically.
+    /// each file written atomically. A folder that already holds other weights (shards, an index,
+    /// pickled files) is refused: `transformers` and this crate would load those instead of the
+    /// new `model.safetensors`. [`Model::save_dir_replacing`] removes them first.
+    ///
+    /// ```
+    /// let model = secure_tuning::Model::load_dir("tests/fixtures/qwen2")?;
+    /// let dir = tempfile::tempdir()?;
+    /// std::fs::write(dir.path().join("model.safetensors.index.json"), "{}")?;
+    /// assert!(model.save_dir(dir.path()).unwrap_err().to_string().contains("model.safetensors.index.json"));
+    /// model.save_dir_replacing(dir.path())?;
+    /// assert!(secure_tuning::Model::load_dir(dir.path()).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn save_dir(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        check_save_folder(dir)?;
+        self.write_dir(dir)
+    }
+
+    /// [`Model::save_dir`], first removing any other weight files the folder holds.
+    pub fn save_dir_replacing(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        for name in weights::other_weight_files(dir)? {
+            crate::fs::remove_leftover(&dir.join(name))?;
+        }
+        self.write_dir(dir)
+    }
+
+    fn write_dir(&self, dir: &Path) -> Result<()> {
+        crate::fs::create_dir_all(dir)?;
         for f in
             ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"]
         {
             let src = self.dir.join(f);
             if src.exists() && src != dir.join(f) {
-                let bytes = std::fs::read(&src).map_err(|source| Error::Io { path: src.clone(), source })?;
+                let bytes = crate::fs::read_bytes(&src, "")?;
                 crate::fs::write_atomic(&dir.join(f), &bytes)?;
             }
         }
@@ -522,6 +528,23 @@ impl Model {
     pub fn set_name(&mut self, name: impl Into<String>) {
         self.name = name.into();
     }
+}
+
+/// Checks that a model can be saved into `dir` without being shadowed: the folder must not hold
+/// other weights (shards, an index, pickled files), which loaders would read instead.
+pub fn check_save_folder(dir: &Path) -> Result<()> {
+    let foreign = weights::other_weight_files(dir)?;
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        format!("output folder `{}`", dir.display()),
+        format!(
+            "holds another model's weights ({}), which would be loaded instead of these; pick another folder, or \
+             replace them (`--overwrite`, Model::save_dir_replacing)",
+            foreign.join(", ")
+        ),
+    ))
 }
 
 fn human_count(n: usize) -> String {

@@ -213,7 +213,7 @@ impl ModuleSet {
     /// assert_eq!(ModuleSet::read_json(&path).unwrap().len(), 2);
     /// ```
     pub fn read_json(path: &std::path::Path) -> Result<ModuleSet> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| Error::malformed(path, format!("not JSON ({e})")))?;
         let items = json

@@ -94,6 +94,13 @@ pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
         .and_then(|m| m.as_object())
         .ok_or_else(|| Error::malformed(index, "no `weight_map` object"))?;
     let mut names: Vec<String> = map.values().filter_map(|v| v.as_str()).map(str::to_string).collect();
+    // Shards live in the model folder itself: a name that is a path could reach any file.
+    if let Some(bad) = names.iter().find(|n| n.is_empty() || n.contains(['/', '\\']) || n.starts_with('.')) {
+        return Err(Error::malformed(
+            index,
+            format!("shard name {} is not a plain file name in the model folder", crate::fs::excerpt(bad, 80)),
+        ));
+    }
     names.sort();
     names.dedup();
     Ok(names)
@@ -118,7 +125,7 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![single]);
     }
     let pickles: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|source| Error::Io { path: dir.to_path_buf(), source })?
+        .map_err(|source| Error::Read { path: dir.to_path_buf(), source })?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".bin") || n.ends_with(".pth") || n.ends_with(".pt"))
@@ -132,10 +139,32 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     })
 }
 
+/// The weight files in `dir` other than `model.safetensors` (an index, shards, pickled or GGUF
+/// files): what a folder written to must not hold, or loaders would read them instead.
+pub(crate) fn other_weight_files(dir: &Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(source) => return Err(Error::Read { path: dir.to_path_buf(), source }),
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n == "model.safetensors.index.json"
+                || (n.ends_with(".safetensors") && n != "model.safetensors" && n != "optimizer.safetensors")
+                || [".bin", ".pth", ".pt", ".gguf"].iter().any(|ext| n.ends_with(ext))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// Loads every tensor of `files` onto `device` as `dtype`.
 pub fn load_safetensors(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Weights> {
     let mut out = Weights::new();
     for f in files {
+        crate::fs::check_regular_file(f, u64::MAX)?;
         // SAFETY: the file is memory-mapped read-only; it must not change while we load it,
         // which holds for model folders and the hub cache.
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
@@ -149,18 +178,47 @@ pub fn load_safetensors(files: &[PathBuf], dtype: DType, device: &Device) -> Res
     Ok(out)
 }
 
+/// Checks that a checkpoint holds no tensor beyond `expected` (tied `lm_head.weight` and
+/// rotary frequency buffers are tolerated): a config claiming fewer layers or a smaller size than
+/// the weights have would otherwise load part of the model and silently ignore the rest.
+pub(crate) fn check_all_used(
+    weights: &Weights,
+    expected: &std::collections::BTreeSet<String>,
+    origin: &Path,
+) -> Result<()> {
+    let unused: Vec<&String> = weights
+        .keys()
+        .filter(|n| !expected.contains(*n) && *n != "lm_head.weight" && !n.ends_with("rotary_emb.inv_freq"))
+        .collect();
+    match unused.as_slice() {
+        [] => Ok(()),
+        [first, rest @ ..] => Err(Error::malformed(
+            origin,
+            format!(
+                "the weights hold {} tensor(s) that config.json does not describe (`{first}`{}); check \
+                 num_hidden_layers and the other sizes in config.json",
+                unused.len(),
+                if rest.is_empty() { String::new() } else { format!(" and {} more", rest.len()) }
+            ),
+        )),
+    }
+}
+
 /// Writes `weights` to `path` as safetensors, atomically (temp file, then rename), so an
 /// interrupted save never leaves a truncated checkpoint behind.
 pub fn save_safetensors(weights: &Weights, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("safetensors.tmp");
+    let tmp = crate::fs::temp_beside(path);
+    // Candle creates the file itself; nothing (no planted link) may be at the name first.
+    crate::fs::remove_leftover(&tmp)?;
     let tensors: Vec<(String, Tensor)> =
         weights.iter().map(|(k, v)| Ok((k.clone(), v.contiguous()?.detach()))).collect::<Result<_>>()?;
     candle_core::safetensors::save(&tensors.into_iter().collect(), &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    crate::fs::rename(&tmp, path)
 }
 
 /// Reads every tensor of one safetensors file, keeping stored dtypes.
 pub fn load_tensors(path: &Path, device: &Device) -> Result<Weights> {
+    crate::fs::check_regular_file(path, u64::MAX)?;
     let map = candle_core::safetensors::load(path, device)
         .map_err(|e| Error::malformed(path, format!("not a readable safetensors file ({e})")))?;
     Ok(map.into_iter().collect())

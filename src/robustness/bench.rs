@@ -218,8 +218,19 @@ fn validate(config: &RobustnessConfig, benign: &[Record]) -> Result<()> {
     if config.mode == Mode::Update && benign.is_empty() {
         return Err(Error::invalid("benign data", "the update mode trains on benign IFT data; none was given"));
     }
-    if config.mode != Mode::Perturb && (config.steps == 0 || config.lr.is_nan() || config.lr <= 0.0) {
-        return Err(Error::invalid("robustness steps", "need steps >= 1 and a positive lr"));
+    if config.mode != Mode::Perturb
+        && (config.steps == 0 || config.steps > 100_000 || !(config.lr.is_finite() && config.lr > 0.0))
+    {
+        return Err(Error::invalid("robustness steps", "need 1 to 100000 steps and a finite positive lr"));
+    }
+    if config.batch_size == 0 || config.harmful_limit == 0 || config.reference_tokens == 0 {
+        return Err(Error::invalid(
+            "robustness settings",
+            "batch_size, harmful_limit and reference_tokens must be at least 1",
+        ));
+    }
+    if config.layers_per_group == Some(0) {
+        return Err(Error::invalid("robustness layers per group", "must be at least 1"));
     }
     if config.normalize == Normalize::TaskGain && config.mode != Mode::Update {
         return Err(Error::invalid(
@@ -227,8 +238,11 @@ fn validate(config: &RobustnessConfig, benign: &[Record]) -> Result<()> {
             format!("task-gain needs the update mode (only it trains on the task), not {}", config.mode),
         ));
     }
-    if config.mode == Mode::Perturb && (config.epsilon.is_nan() || config.epsilon <= 0.0) {
-        return Err(Error::invalid("robustness epsilon", "the relative noise must be positive"));
+    if config.mode == Mode::Perturb && !(config.epsilon.is_finite() && config.epsilon > 0.0) {
+        return Err(Error::invalid(
+            "robustness epsilon",
+            format!("{} must be a finite positive relative noise", config.epsilon),
+        ));
     }
     if config.mode == Mode::Adversarial && (!(0.0..=1.0).contains(&config.target_drop) || config.target_drop == 0.0) {
         return Err(Error::invalid("robustness target drop", "must be in (0, 1]"));

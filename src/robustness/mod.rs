@@ -204,6 +204,33 @@ pub struct Robustness {
 }
 
 impl Robustness {
+    /// Checks that this matrix is whole and was measured on a model of `model`'s depth (a
+    /// matrix read from a file may be neither).
+    pub fn check_fits(&self, model: &crate::Model) -> Result<()> {
+        let layers = model.config().num_layers;
+        let bad = |why: String| Err(Error::invalid("robustness matrix", why));
+        if self.num_layers != layers {
+            return bad(format!(
+                "it was measured on a {}-layer model and this model has {layers} layers; measure it on this model",
+                self.num_layers
+            ));
+        }
+        if self.scores.len() != self.kinds.len() || self.scores.iter().any(|row| row.len() != self.layer_groups.len()) {
+            return bad(format!(
+                "its scores are not a {} x {} matrix (one row per kind, one column per layer group)",
+                self.kinds.len(),
+                self.layer_groups.len()
+            ));
+        }
+        if let Some((a, b)) = self.layer_groups.iter().find(|(a, b)| a >= b || *b > layers) {
+            return bad(format!("layer group {a}..{b} is not a range of this model's {layers} layers"));
+        }
+        if self.scores.iter().flatten().any(|v| !v.is_finite()) {
+            return bad("some scores are not finite numbers".into());
+        }
+        Ok(())
+    }
+
     /// The sensitivity of `kind` in the group that holds `layer`.
     pub fn score(&self, kind: ModuleKind, layer: usize) -> Option<f64> {
         let k = self.kinds.iter().position(|&x| x == kind)?;

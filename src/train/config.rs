@@ -121,10 +121,15 @@ impl TrainConfig {
     /// assert_eq!(cfg.total_steps(10), 5);
     /// ```
     pub fn total_steps(&self, n_examples: usize) -> usize {
-        let per_step = (self.batch_size * self.grad_accum).max(1);
+        let per_step = self.batch_size.saturating_mul(self.grad_accum).max(1);
+        // `as usize` saturates, so an infinite or huge `epochs` gives usize::MAX, which validation refuses.
         self.max_steps.unwrap_or_else(|| ((self.epochs * n_examples as f64) / per_step as f64).ceil().max(1.0) as usize)
     }
 }
+
+/// The most optimizer steps one plan may ask for: beyond any real run, and a guard against a
+/// typo (`--steps 18446744073709551615`) or an infinite `epochs` running for ever.
+pub const MAX_STEPS: usize = 10_000_000;
 
 pub(crate) fn validate(cfg: &TrainConfig, n_examples: usize) -> Result<()> {
     let bad = |what: &str, why: String| Err(Error::invalid(what, why));
@@ -137,16 +142,30 @@ pub(crate) fn validate(cfg: &TrainConfig, n_examples: usize) -> Result<()> {
     if cfg.batch_size == 0 || cfg.grad_accum == 0 {
         return bad("batch", "batch size and gradient accumulation must be at least 1".into());
     }
-    if cfg.max_steps == Some(0)
-        || (cfg.max_steps.is_none() && cfg.epochs.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
-    {
-        return bad("training length", "need max_steps >= 1 or epochs > 0".into());
+    if cfg.max_steps == Some(0) || (cfg.max_steps.is_none() && !(cfg.epochs.is_finite() && cfg.epochs > 0.0)) {
+        return bad("training length", "need max_steps >= 1 or a finite epochs > 0".into());
+    }
+    let steps = cfg.total_steps(n_examples);
+    if steps > MAX_STEPS {
+        return bad(
+            "training length",
+            format!("{steps} steps is more than {MAX_STEPS}; for open-ended training set a time budget and resume"),
+        );
     }
     if let Some(g) = cfg.groups.iter().find(|g| !(g.lr_scale >= 0.0 && g.lr_scale.is_finite())) {
         return bad("LR group", format!("`{}` has scale {}; scales must be >= 0", g.name, g.lr_scale));
     }
-    if cfg.clip_norm.is_some_and(|c| c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)) {
-        return bad("clip norm", "must be positive".into());
+    if cfg.clip_norm.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+        return bad("clip norm", "must be a finite positive number (or none, for no clipping)".into());
+    }
+    for (what, v, ok) in [
+        ("warm-up share", cfg.warmup_ratio, (0.0..1.0).contains(&cfg.warmup_ratio)),
+        ("final LR share", cfg.min_lr_ratio, (0.0..=1.0).contains(&cfg.min_lr_ratio)),
+        ("weight decay", cfg.weight_decay, cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0),
+    ] {
+        if !ok {
+            return bad(what, format!("{v} is out of range"));
+        }
     }
     Ok(())
 }

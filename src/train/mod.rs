@@ -16,7 +16,7 @@ mod run;
 mod schedule;
 mod step;
 
-pub use config::{LrGroup, TrainConfig};
+pub use config::{LrGroup, TrainConfig, MAX_STEPS};
 pub(crate) use examples::response_loss;
 pub use examples::{encode_examples, Example};
 pub use optim::{AdamW, AdamWParams};

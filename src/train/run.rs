@@ -1,7 +1,7 @@
 //! The training loop, read top to bottom: set the LR, draw the micro-batches, take a step,
 //! record, checkpoint, report progress, observe.
 
-use super::checkpoint::{self, TrainerState};
+use super::checkpoint::{self, Fingerprint, TrainerState};
 use super::config::{validate, TrainConfig};
 use super::examples::{DataOrder, Example};
 use super::report::{GroupTrace, TrainReport};
@@ -47,6 +47,9 @@ pub fn train_observed(
     if observer.as_ref().is_some_and(|o| o.every == 0) {
         return Err(Error::invalid("observation interval", "must be at least 1 step"));
     }
+    // Claimed before anything is computed: a folder another run is using fails at once.
+    let _claim = cfg.checkpoint_dir.as_deref().map(|d| crate::fs::Claim::new(d, "checkpoint dir")).transpose()?;
+    let fingerprint = Fingerprint::of(model, examples, cfg)?;
     let mut stepper = TrainStep::new(model, cfg)?;
     let groups = stepper.groups().to_vec();
 
@@ -91,7 +94,7 @@ pub fn train_observed(
     let trace_every = (total_steps / 100).max(1);
     if cfg.resume {
         if let Some(dir) = &cfg.checkpoint_dir {
-            if let Some(state) = checkpoint::restore(dir, model, &mut stepper.opt, &stepper.vars)? {
+            if let Some(state) = checkpoint::restore(dir, model, &mut stepper.opt, &stepper.vars, &fingerprint)? {
                 if state.report.total_steps != total_steps {
                     return Err(Error::invalid(
                         "resume",
@@ -149,7 +152,11 @@ pub fn train_observed(
         report.finished = done;
         if let Some(dir) = &cfg.checkpoint_dir {
             if done || out_of_time || report.steps % cfg.checkpoint_every.max(1) == 0 {
-                let state = TrainerState { report: report.clone(), config: cfg.clone() };
+                let state = TrainerState {
+                    report: report.clone(),
+                    config: cfg.clone(),
+                    fingerprint: Some(fingerprint.clone()),
+                };
                 last_ckpt = Some(checkpoint::save(dir, model, &stepper.opt, &state)?);
             }
         }

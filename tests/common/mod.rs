@@ -10,10 +10,11 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     (f32(a) - f32(b)).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
 }
 
-/// Says why a test is skipped, on stderr directly so that the test harness does not swallow it.
-pub fn skip(reason: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
+/// Fails a test that needs a fetched wheel which is not there, saying how to get it. Such tests
+/// are `#[ignore]`d, so a plain `cargo test` lists them as ignored in its summary, and
+/// `scripts/test.sh` fetches the wheels and runs them.
+pub fn needs_wheels(reason: &str) -> ! {
+    panic!("{reason}; run .ci/fetch-packages.sh first (scripts/test.sh does)")
 }
 
 /// Where the fetched wheels are: `SECURE_TUNING_PYPI_DIR`, else `.ci/cache/pypi`.

@@ -62,7 +62,7 @@ pub(super) fn parse_jsonl(text: &str, origin: &Path) -> Result<Vec<Record>> {
 /// (with `SemanticCategory`; only `FunctionalCategory == standard` rows when that column
 /// exists) or Do-Not-Answer's `question` (with `risk_area`).
 fn parse_benchmark_csv(b: Benchmark, text: &str, origin: &Path) -> Result<Vec<Record>> {
-    let rows = crate::data::csv_rows(text);
+    let rows = crate::data::csv_rows(text).map_err(|why| Error::malformed(origin, why))?;
     let header = rows.first().ok_or_else(|| Error::malformed(origin, "empty CSV"))?;
     let col = |names: &[&str]| header.iter().position(|h| names.iter().any(|n| h.trim().eq_ignore_ascii_case(n)));
     let text_col = col(&["instruction", "goal", "prompt", "behavior", "question"]).ok_or_else(|| {

@@ -327,7 +327,7 @@ pub fn import_gguf(file: &Path, out: &Path) -> Result<GgufImport> {
     }
     let params = tensors.values().map(|t| t.elem_count()).sum();
 
-    std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), source })?;
+    std::fs::create_dir_all(out).map_err(|source| Error::Write { path: out.to_path_buf(), source })?;
     let write_json = |name: &str, v: &serde_json::Value| {
         let text = serde_json::to_string_pretty(v).expect("JSON values serialise");
         crate::fs::write_atomic(&out.join(name), text.as_bytes())
@@ -357,11 +357,11 @@ fn open(file: &Path) -> Result<(Content, std::io::BufReader<std::fs::File>)> {
         std::io::ErrorKind::NotFound => {
             Error::MissingFile { path: file.to_path_buf(), hint: "pass the path of a .gguf model file".into() }
         }
-        _ => Error::Io { path: file.to_path_buf(), source },
+        _ => Error::Read { path: file.to_path_buf(), source },
     })?;
     let mut reader = std::io::BufReader::new(f);
-    let content =
-        Content::read(&mut reader).map_err(|e| Error::malformed(file, format!("not a readable GGUF file ({e})")))?;
+    let content = crate::error::catch_panic(&format!("GGUF file `{}`", file.display()), || Content::read(&mut reader))?
+        .map_err(|e| Error::malformed(file, format!("not a readable GGUF file ({e})")))?;
     Ok((content, reader))
 }
 
@@ -449,7 +449,7 @@ pub fn import_cache_dir(file: &Path) -> Result<PathBuf> {
         std::io::ErrorKind::NotFound => {
             Error::MissingFile { path: file.to_path_buf(), hint: "pass the path of a .gguf model file".into() }
         }
-        _ => Error::Io { path: file.to_path_buf(), source },
+        _ => Error::Read { path: file.to_path_buf(), source },
     })?;
     let mtime = meta
         .modified()
