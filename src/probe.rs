@@ -419,25 +419,31 @@ fn features_at(model: &Model, prompts: &[String], only: Option<usize>, batch_siz
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| ids[i].len());
     let entries: Vec<usize> = only.map_or_else(|| (0..n_entries).collect(), |l| vec![l]);
-    let mut rows: Vec<Vec<Option<Tensor>>> = vec![vec![None; ids.len()]; entries.len()];
+    // Each batch's last-token rows are copied out (`index_select` makes a new tensor), so a
+    // batch's full `(b, t, d)` activations are freed before the next batch runs: memory is one
+    // batch's activations plus `n x d` floats per entry, whatever the number of prompts.
+    let mut blocks: Vec<Vec<Tensor>> = vec![Vec::new(); entries.len()];
     for chunk in order.chunks(batch_size.max(1)) {
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
         let batch = Batch::from_sequences(&seqs, 0, model.device())?;
         let acts = model.forward(&batch, &Capture::residual())?;
         let hs = acts.hidden_states()?;
+        let t = batch.input_ids.dim(1)?;
+        let last: Vec<u32> = batch.lengths.iter().enumerate().map(|(r, &len)| (r * t + len - 1) as u32).collect();
+        let last = Tensor::new(last.as_slice(), model.device())?;
         for (e, &entry) in entries.iter().enumerate() {
-            let h = hs[entry].to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-            for (r, &i) in chunk.iter().enumerate() {
-                rows[e][i] = Some(h.get(r)?.get(batch.lengths[r] - 1)?);
-            }
+            let (b, t, d) = hs[entry].dims3()?;
+            let rows = hs[entry].reshape((b * t, d))?.index_select(&last, 0)?;
+            blocks[e].push(rows.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
         }
     }
-    rows.into_iter()
-        .map(|r| {
-            let r: Vec<Tensor> = r.into_iter().flatten().collect();
-            Ok(Tensor::stack(&r, 0)?)
-        })
-        .collect()
+    // Rows are in length order; put them back in prompt order.
+    let mut position = vec![0u32; order.len()];
+    for (sorted, &i) in order.iter().enumerate() {
+        position[i] = sorted as u32;
+    }
+    let position = Tensor::new(position.as_slice(), &Device::Cpu)?;
+    blocks.into_iter().map(|b| Ok(Tensor::cat(&b, 0)?.index_select(&position, 0)?)).collect()
 }
 
 /// Token ids of `prompt` as the user turn of a chat, through the assistant header: the

@@ -265,3 +265,44 @@ fn docs_cli_md_shows_every_command_as_help_prints_it() {
         assert!(doc.contains(&block), "docs/cli.md is out of date for `{command}`; run scripts/cli-reference.py");
     }
 }
+
+#[test]
+fn export_plan_writes_the_plan_that_tune_would_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let robust = tmp.path().join("robust.json");
+    std::fs::write(&robust, r#"{"modules": ["L0.q", "L2.down"]}"#).unwrap();
+    let plan = tmp.path().join("plan.json");
+    let (robust, plan_path) = (robust.to_str().unwrap(), plan.to_str().unwrap());
+    let base = ["export-plan", "--model", "default", "--robust", robust, "--steps", "20", "--out", plan_path];
+    let mut args = base.to_vec();
+    args.extend(["--swat", "0.25"]);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("robust"), "the summary names the groups: {out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
+    assert_eq!((v["format"].as_str(), v["version"].as_u64()), (Some("secure-tuning-plan"), Some(1)));
+    assert_eq!(v["schedule"]["total_steps"], 20);
+    let groups = v["groups"].as_array().unwrap();
+    let robust_group = groups.iter().find(|g| g["name"] == "robust").unwrap();
+    assert_eq!(robust_group["lr_scale"], 1.0);
+    assert_eq!(robust_group["start_step"], 0);
+    let names: Vec<&str> = robust_group["params"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(names, ["model.layers.0.self_attn.q_proj.weight", "model.layers.2.mlp.down_proj.weight"]);
+    // SWAT: everything else joins at a quarter of the 20 steps, at the default ratio 0.1.
+    for g in groups.iter().filter(|g| g["name"] != "robust") {
+        assert_eq!((g["start_step"].as_u64(), g["lr_scale"].as_f64()), (Some(5), Some(0.1)), "{g}");
+    }
+    // The builder's checks: a ratio below 0, a module the model lacks.
+    let mut args = base.to_vec();
+    args.push("--ratio=-1");
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error:") && err.contains("--ratio"), "{err}");
+    std::fs::write(tmp.path().join("deep.json"), r#"{"modules": ["L9.q"]}"#).unwrap();
+    let deep = tmp.path().join("deep.json");
+    let args =
+        ["export-plan", "--model", "default", "--robust", deep.to_str().unwrap(), "--steps", "20", "--out", plan_path];
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 2);
+    assert!(err.contains("L9.q") && err.lines().count() == 1, "{err}");
+}

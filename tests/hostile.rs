@@ -5,17 +5,16 @@
 //! `--overwrite`, a planted link) must succeed. The totals are printed and must all be zero.
 //! The policy behind each class is docs/hardening.md.
 
+mod common;
+
+use common::run_binary;
 use secure_tuning::model::Model;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-const BIN: &str = env!("CARGO_BIN_EXE_secure-tuning");
 /// Peak resident memory a case may reach (the default model needs about 200 MiB).
 const PEAK_LIMIT_KB: i64 = 2 << 20;
-/// Past this, the watchdog kills the case rather than let it take the machine down.
-const KILL_KB: i64 = 6 << 20;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama3")
@@ -41,63 +40,6 @@ fn records(dir: &Path, name: &str, lines: &[&str]) -> String {
     let p = dir.join(name);
     std::fs::write(&p, lines.join("\n")).unwrap();
     p.to_str().unwrap().to_string()
-}
-
-/// What a run did.
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    peak_kb: i64,
-    timed_out: bool,
-}
-
-/// Runs the binary in `cwd` with a time limit, reading its peak memory from the kernel.
-fn run(cwd: &Path, args: &[String], limit: Duration) -> Outcome {
-    let (out_path, err_path) = (cwd.join(".stdout"), cwd.join(".stderr"));
-    // Waited for with wait4 below, which also gives the peak memory.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HOME", cwd.join(".hf"))
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let start = Instant::now();
-    let (mut status, mut usage): (libc::c_int, libc::rusage) = (0, unsafe { std::mem::zeroed() });
-    let mut timed_out = false;
-    loop {
-        // SAFETY: `pid` is our child; `status` and `usage` are valid out-pointers.
-        let done = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if done == pid {
-            break;
-        }
-        let rss_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
-            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<i64>().ok()))
-            .unwrap_or(0);
-        if start.elapsed() > limit || rss_kb > KILL_KB {
-            timed_out = start.elapsed() > limit;
-            // SAFETY: killing our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-    Outcome {
-        code,
-        stdout: std::fs::read_to_string(out_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(err_path).unwrap_or_default(),
-        peak_kb: usage.ru_maxrss,
-        timed_out,
-    }
 }
 
 /// Every file under `root` with its size and modification time, except under `skip`.
@@ -188,7 +130,7 @@ fn fixture_matrix(dir: &Path) -> PathBuf {
     ]);
     let mut a = a;
     a.push(out.to_str().unwrap().to_string());
-    let o = run(dir, &a, Duration::from_secs(120));
+    let o = run_binary(dir, &a, Duration::from_secs(120));
     assert_eq!(o.code, Some(0), "measuring the fixture's matrix failed: {}", o.stderr);
     out.join("robustness.json")
 }
@@ -367,7 +309,7 @@ fn cases() -> Vec<Case> {
         fails("resume with another learning rate", "written with other lr", |d| {
             let data = good_data(d);
             let first = tune_args(&data, &["--checkpoint-dir", "out/ckpt", "--lr", "1e-3"]);
-            assert_eq!(run(d, &first, Duration::from_secs(60)).code, Some(0));
+            assert_eq!(run_binary(d, &first, Duration::from_secs(60)).code, Some(0));
             std::fs::remove_dir_all(d.join("out/tuned")).unwrap();
             tune_args(&data, &["--checkpoint-dir", "out/ckpt", "--lr", "2e-3"])
         }),
@@ -430,7 +372,7 @@ fn hostile_inputs_give_one_clear_line_and_no_panic_hang_blowup_or_stray_write() 
         std::fs::create_dir_all(sandbox.join("out")).unwrap();
         let a = (case.setup)(&sandbox);
         let before = snapshot(root.path(), &[sandbox.join("out")]);
-        let o = run(&sandbox, &a, Duration::from_secs(120));
+        let o = run_binary(&sandbox, &a, Duration::from_secs(120));
         let after = snapshot(root.path(), &[sandbox.join("out")]);
         peak_max = peak_max.max(o.peak_kb);
         let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('[')).collect();
@@ -483,7 +425,7 @@ fn reproduce_json_output_is_json_alone() {
     )
     .unwrap();
     let a = args(&["reproduce", "--config", cfg.to_str().unwrap(), "--out", "out/r", "--json"]);
-    let o = run(root.path(), &a, Duration::from_secs(300));
+    let o = run_binary(root.path(), &a, Duration::from_secs(300));
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).expect("stdout is one JSON value");
     assert_eq!(v["strategies"].as_array().unwrap().len(), 2, "base and plain");

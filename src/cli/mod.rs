@@ -32,6 +32,9 @@ enum Command {
     /// Fine-tuning on a JSONL file (plain, or ML-LR / SWAT with a robust set, full or LoRA);
     /// saves a loadable model folder.
     Tune(training::TuneArgs),
+    /// Write an ML-LR / SWAT plan (every parameter's LR group, scale and start step, the
+    /// schedule and LoRA settings) for PyTorch's trainers (integrations/torch).
+    ExportPlan(training::ExportPlanArgs),
     /// Refusal fine-tuning for a model that complies with harmful requests: the testbed on which
     /// benign fine-tuning can erode safety (writes the split data and the aligned model).
     Align(training::AlignArgs),
@@ -71,6 +74,7 @@ pub fn run() -> i32 {
         Command::Chat(a) => models::chat(a),
         Command::Eval(a) => analysis::eval(a),
         Command::Tune(a) => training::tune(a),
+        Command::ExportPlan(a) => training::export_plan(a),
         Command::Align(a) => training::align(a),
         Command::Curve(a) => training::curve(a),
         Command::GenerateData(a) => data::generate_data(a),

@@ -8,20 +8,13 @@ use secure_tuning::data::{default_data_dir, load_records};
 use secure_tuning::experiment::{reproduce as run_experiment, ReproduceConfig};
 use secure_tuning::model::ModuleSet;
 use secure_tuning::train::TrainConfig;
-use secure_tuning::tune::{safety_curve, AlignConfig, Curves, MlLr, SafetyEvalSets, Watch};
+use secure_tuning::tune::{safety_curve, AlignConfig, Curves, MlLr, PlanFile, SafetyEvalSets, Watch};
 use secure_tuning::{Error, Model, Result};
 use std::path::PathBuf;
 
+/// What to train at which rate, shared by `tune` and `export-plan`.
 #[derive(Args)]
-pub struct TuneArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Training data (JSONL/JSON/CSV with `instruction` and `output`); records with split `eval` are skipped.
-    #[arg(long)]
-    data: PathBuf,
-    /// Where to save the tuned model (a Hugging Face folder).
-    #[arg(long)]
-    out: PathBuf,
+pub struct PlanArgs {
     /// Peak learning rate.
     #[arg(long, value_parser = num::positive, default_value_t = 2e-4)]
     lr: f64,
@@ -43,12 +36,9 @@ pub struct TuneArgs {
     /// Global gradient-norm clip (0 = off).
     #[arg(long, value_parser = num::non_negative, default_value_t = 1.0)]
     clip_norm: f64,
-    /// Checkpoint folder (resumed from if it holds a checkpoint).
-    #[arg(long)]
-    checkpoint_dir: Option<PathBuf>,
-    /// Stop (and checkpoint) after this many seconds; run again to resume.
-    #[arg(long, value_parser = num::seconds)]
-    time_budget: Option<f64>,
+    /// AdamW's decoupled weight decay (on matrices only).
+    #[arg(long, value_parser = num::non_negative, default_value_t = 0.0)]
+    weight_decay: f64,
     /// ML-LR: the robust module set, a `search --json` output (or any JSON with a `modules`
     /// list of `{"layer", "kind"}` or `"L3.q"`); it trains at --lr, the rest at --ratio x.
     #[arg(long)]
@@ -59,21 +49,15 @@ pub struct TuneArgs {
     /// SWAT: train only the robust set for this share of the steps, then everything.
     #[arg(long, value_parser = num::share)]
     swat: Option<f64>,
-    /// Train LoRA adapters of this rank (alpha = 2 x rank) on all projections, merged on save.
+    /// Train LoRA adapters of this rank (alpha = 2 x rank) on all projections.
     #[arg(long, value_parser = num::count)]
     lora: Option<usize>,
-    /// Replace other weights the --out folder holds (shards, an index), which would otherwise be
-    /// loaded instead of the tuned model; without it such a folder is refused.
-    #[arg(long)]
-    overwrite: bool,
-    /// Print the training report as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
-impl TuneArgs {
-    /// The plan: plain fine-tuning is the ML-LR plan at ratio 1.0.
-    fn plan(&self, model: &Model) -> Result<MlLr> {
+impl PlanArgs {
+    /// The plan: plain fine-tuning is the ML-LR plan at ratio 1.0. `train` carries the trainer
+    /// settings the flags do not set (checkpoints, budgets).
+    fn plan(&self, model: &Model, train: TrainConfig) -> Result<MlLr> {
         let train = TrainConfig {
             lr: self.lr,
             epochs: self.epochs,
@@ -81,10 +65,8 @@ impl TuneArgs {
             batch_size: self.batch_size,
             seed: self.seed,
             clip_norm: (self.clip_norm > 0.0).then_some(self.clip_norm),
-            resume: self.checkpoint_dir.is_some(),
-            checkpoint_dir: self.checkpoint_dir.clone(),
-            time_budget: self.time_budget.map(std::time::Duration::from_secs_f64),
-            ..TrainConfig::default()
+            weight_decay: self.weight_decay,
+            ..train
         };
         let robust = match &self.robust {
             Some(path) => ModuleSet::read_json(path)?,
@@ -106,6 +88,36 @@ impl TuneArgs {
     }
 }
 
+#[derive(Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Training data (JSONL/JSON/CSV with `instruction` and `output`); records with split `eval` are skipped.
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to save the tuned model (a Hugging Face folder; LoRA adapters are merged into it).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// Checkpoint folder (resumed from if it holds a checkpoint).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Stop (and checkpoint) after this many seconds; run again to resume.
+    #[arg(long, value_parser = num::seconds)]
+    time_budget: Option<f64>,
+    /// With --lora: also write the adapters, unmerged, as a PEFT adapter folder here.
+    #[arg(long, requires = "lora")]
+    adapters_out: Option<PathBuf>,
+    /// Replace other weights the --out folder holds (shards, an index), which would otherwise be
+    /// loaded instead of the tuned model; without it such a folder is refused.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print the training report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 pub fn tune(args: TuneArgs) -> Result<()> {
     let _out = claim(&args.out)?;
     let model = args.model.load()?;
@@ -114,7 +126,14 @@ pub fn tune(args: TuneArgs) -> Result<()> {
     if records.iter().all(|r| r.output.is_empty()) {
         return Err(Error::invalid(format!("--data {}", args.data.display()), "no record has an `output` to learn"));
     }
-    let plan = args.plan(&model)?;
+    let train = TrainConfig {
+        resume: args.checkpoint_dir.is_some(),
+        checkpoint_dir: args.checkpoint_dir.clone(),
+        time_budget: args.time_budget.map(std::time::Duration::from_secs_f64),
+        ..TrainConfig::default()
+    };
+    let _adapters = args.adapters_out.as_deref().map(claim).transpose()?;
+    let plan = args.plan.plan(&model, train)?;
     if !args.overwrite {
         // Refused now rather than after training: the check save_dir makes.
         secure_tuning::model::check_save_folder(&args.out)?;
@@ -125,11 +144,49 @@ pub fn tune(args: TuneArgs) -> Result<()> {
     } else {
         tuned.model.save_dir(&args.out)?;
     }
+    if let (Some(dir), Some(adapted)) = (&args.adapters_out, &tuned.adapted) {
+        adapted.save_adapters(dir)?;
+    }
     print(&tuned.report, args.json)?;
     if !args.json {
         println!("saved to {}", args.out.display());
     }
     Ok(())
+}
+
+#[derive(Args)]
+pub struct ExportPlanArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// The training data, to count the steps of --epochs passes (not needed with --steps).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The plan file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print the plan as JSON instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn export_plan(args: ExportPlanArgs) -> Result<()> {
+    let model = args.model.load()?;
+    let plan = args.plan.plan(&model, TrainConfig::default())?;
+    let total_steps = match (args.plan.steps, &args.data) {
+        (Some(steps), _) => steps,
+        (None, Some(data)) => {
+            let n = load_records(data)?.iter().filter(|r| r.split != "eval").count();
+            plan.train.total_steps(n)
+        }
+        (None, None) => {
+            return Err(Error::invalid("--steps", "give --steps, or --data to count the steps of --epochs passes"))
+        }
+    };
+    let file = PlanFile::export(&plan, &model, total_steps)?;
+    file.write(&args.out)?;
+    print(&file, args.json)
 }
 
 #[derive(Args)]

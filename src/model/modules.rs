@@ -75,6 +75,15 @@ impl ModuleKind {
         }
     }
 
+    /// The projection's own name, as PEFT's `target_modules` use it: `q_proj`, `down_proj`.
+    ///
+    /// ```
+    /// assert_eq!(secure_tuning::model::ModuleKind::Down.projection(), "down_proj");
+    /// ```
+    pub fn projection(self) -> &'static str {
+        self.hf_segment().rsplit('.').next().unwrap_or_default()
+    }
+
     /// True for q, k, v and o.
     pub fn is_attention(self) -> bool {
         matches!(self, ModuleKind::Q | ModuleKind::K | ModuleKind::V | ModuleKind::O)

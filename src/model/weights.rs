@@ -161,17 +161,30 @@ pub(crate) fn other_weight_files(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Loads every tensor of `files` onto `device` as `dtype`.
+///
+/// Each file is memory-mapped and every tensor copied out of it; the copied range's pages are
+/// then released from this process, so the peak resident memory is the loaded weights plus one
+/// tensor rather than the weights twice (mapped file pages count as resident once touched).
 pub fn load_safetensors(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Weights> {
+    use candle_core::safetensors::Load;
     let mut out = Weights::new();
     for f in files {
         crate::fs::check_regular_file(f, u64::MAX)?;
-        // SAFETY: the file is memory-mapped read-only; it must not change while we load it,
-        // which holds for model folders and the hub cache.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
-            .map_err(|e| Error::malformed(f, format!("not a readable safetensors file ({e})")))?;
-        for (name, _) in st.tensors() {
-            let t = st.load(&name, device).map_err(|e| Error::malformed(f, format!("tensor `{name}`: {e}")))?;
+        let malformed = |why: String| Error::malformed(f, why);
+        let file = std::fs::File::open(f).map_err(|source| Error::Read { path: f.clone(), source })?;
+        // SAFETY: the file is mapped read-only; it must not change while we load it, which holds
+        // for model folders and the hub cache.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| Error::Read { path: f.clone(), source })?;
+        let st = safetensors::SafeTensors::deserialize(&map)
+            .map_err(|e| malformed(format!("not a readable safetensors file ({e})")))?;
+        for (name, view) in st.tensors() {
+            let t = view.load(device).map_err(|e| malformed(format!("tensor `{name}`: {e}")))?;
             let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
+            let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
+            // SAFETY: the mapping is private and read-only, so dropping its pages loses nothing:
+            // a later access would read them from the file again. Nothing reads them afterwards.
+            // Failure only means the pages stay resident until the map is dropped.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, view.data().len()) };
             out.insert(name, t);
         }
     }

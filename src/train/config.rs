@@ -112,6 +112,22 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The learning-rate schedule of a run of `total_steps` steps: warm-up over `warmup_ratio`
+    /// of them (at least one), then cosine decay to `min_lr_ratio`.
+    ///
+    /// ```
+    /// use secure_tuning::train::TrainConfig;
+    /// let s = TrainConfig { warmup_ratio: 0.1, ..TrainConfig::default() }.schedule(150);
+    /// assert_eq!((s.warmup_steps, s.total_steps), (15, 150));
+    /// ```
+    pub fn schedule(&self, total_steps: usize) -> super::Schedule {
+        super::Schedule {
+            warmup_steps: ((total_steps as f64 * self.warmup_ratio).round() as usize).max(1),
+            total_steps,
+            min_ratio: self.min_lr_ratio,
+        }
+    }
+
     /// Optimizer steps this plan takes on `n_examples` examples: `max_steps`, or enough
     /// steps for `epochs` passes (at least one).
     ///

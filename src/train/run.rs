@@ -5,7 +5,6 @@ use super::checkpoint::{self, Fingerprint, TrainerState};
 use super::config::{validate, TrainConfig};
 use super::examples::{DataOrder, Example};
 use super::report::{GroupTrace, TrainReport};
-use super::schedule::Schedule;
 use super::step::TrainStep;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -54,11 +53,7 @@ pub fn train_observed(
     let groups = stepper.groups().to_vec();
 
     let total_steps = cfg.total_steps(examples.len());
-    let schedule = Schedule {
-        warmup_steps: ((total_steps as f64 * cfg.warmup_ratio).round() as usize).max(1),
-        total_steps,
-        min_ratio: cfg.min_lr_ratio,
-    };
+    let schedule = cfg.schedule(total_steps);
     let traces = groups
         .iter()
         .map(|g| GroupTrace {

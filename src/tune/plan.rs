@@ -184,10 +184,31 @@ impl MlLr {
         let cfg = self.train_config(&tuned, examples.len())?;
         let report = train_observed(&mut tuned, &examples, &cfg, observer)?;
         tuned.freeze_all()?;
+        // With LoRA, the copy before merging keeps the adapters for `save_adapters`; it shares
+        // every tensor with the merged model's source, so it costs no memory.
+        let adapted = tuned.lora().is_some().then(|| tuned.clone());
         if tuned.lora().is_some() {
             tuned.merge_lora()?;
         }
-        Ok(Tuned { model: tuned, report, curve: Vec::new() })
+        Ok(Tuned { model: tuned, report, curve: Vec::new(), adapted })
+    }
+
+    /// Which strategy this plan amounts to: plain (everything at the full rate), freeze-rest
+    /// (ratio 0), SWAT (a warm-up) or ML-LR.
+    ///
+    /// ```
+    /// use secure_tuning::tune::{MlLr, StrategyKind};
+    /// assert_eq!(MlLr::builder().ratio(1.0).build()?.kind(), StrategyKind::Plain);
+    /// # Ok::<(), secure_tuning::Error>(())
+    /// ```
+    pub fn kind(&self) -> super::StrategyKind {
+        use super::StrategyKind;
+        match (self.swat_warmup, self.ratio) {
+            (Some(_), _) => StrategyKind::Swat,
+            (None, 0.0) => StrategyKind::FreezeRest,
+            (None, r) if r == 1.0 && self.layer_factors.is_empty() => StrategyKind::Plain,
+            _ => StrategyKind::MlLr,
+        }
     }
 
     /// The parameter-weighted mean LR scale of this plan on `model`: the uniform LR scale that
@@ -368,4 +389,7 @@ pub struct Tuned {
     pub report: TrainReport,
     /// Safety and task skill along training ([`MlLr::fit_watched`]); empty otherwise.
     pub curve: Vec<CurvePoint>,
+    /// With LoRA, the tuned model with its adapters not merged (for
+    /// [`Model::save_adapters`]); `None` for full fine-tuning.
+    pub adapted: Option<Model>,
 }
