@@ -47,7 +47,8 @@ ROBUSTNESS = """// Update mode (the default): train one module group at a time o
 // the model's own refusals lose, per unit of relative weight change. Quick runs use the
 // perturb mode (seconds instead of a minute and a half).
 let rob_cfg = RobustnessConfig { mode: if quick { Mode::Perturb } else { Mode::Update }, ..RobustnessConfig::default() };
-let analysis = Analysis::new(&model, &probe, &benign);
+// The analysis keeps its own copies, so that it lives on into the next cells.
+let analysis = Analysis::owning(model.clone(), probe.clone(), benign.clone());
 let rob = analysis.robustness(&rob_cfg)?;
 rob"""
 
@@ -331,7 +332,9 @@ probe"""),
            "that layer score exactly 0: they cannot move those features. The refusal-log-prob measure (the testbed "
            "below) sees them."),
         code("""let cfg = if real {
-    RobustnessConfig { mode: Mode::Perturb, measure: Measure::FeatureDrift, layers_per_group: Some(5), harmful_limit: 16, ..RobustnessConfig::default() }
+    // Quick runs (CI, Binder): groups of 10 layers and 8 prompts, a quarter of the work.
+    let (layers, prompts) = if quick { (10, 8) } else { (5, 16) };
+    RobustnessConfig { mode: Mode::Perturb, measure: Measure::FeatureDrift, layers_per_group: Some(layers), harmful_limit: prompts, ..RobustnessConfig::default() }
 } else {
     RobustnessConfig { mode: Mode::Perturb, measure: Measure::FeatureDrift, ..RobustnessConfig::default() }
 };

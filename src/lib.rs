@@ -47,9 +47,9 @@ pub use model::Model;
 /// Settles the process-wide settings that make CPU work fast; the binary calls it first thing,
 /// and a library user (a notebook, a test, another program) should too, before anything else
 /// touches candle. It sets candle's threading defaults where the environment leaves them open
-/// ([`kernels::configure_cpu_threads`]) and, when mimalloc is the process's allocator, lets
-/// freed memory be reused without the kernel zero-filling it again ([`reuse_freed_memory`]).
-/// Calling it again does nothing.
+/// ([`kernels::configure_cpu_threads`]). Calling it again does nothing. (The binary also sets
+/// its allocator, mimalloc, up in `src/main.rs`; the library never links mimalloc, see
+/// docs/architecture.md.)
 ///
 /// ```
 /// secure_tuning::init();
@@ -57,32 +57,6 @@ pub use model::Model;
 /// ```
 pub fn init() {
     kernels::configure_cpu_threads();
-    reuse_freed_memory();
-}
-
-/// `mi_option_purge_decommits`' place in `mi_option_t` (`mimalloc.h`, the same in mimalloc v2
-/// and v3), which the Rust bindings do not name.
-const MI_OPTION_PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
-
-/// Lets memory that tensors free be reused without the kernel zero-filling it again. A training
-/// step frees and allocates gigabytes (activations, every gradient). By default mimalloc purges
-/// freed memory by decommitting it, so each new touch page-faults and the kernel clears the
-/// page: a quarter of a qwen2.5-0.5b step's CPU time (docs/performance.md). With purges as resets
-/// (`MADV_FREE`) the pages stay mapped until the kernel needs the memory, so the process's
-/// resident size stays near its peak while nothing else asks for it. `MIMALLOC_PURGE_DECOMMITS`
-/// set in the environment still wins. It only matters where mimalloc is the global allocator
-/// (the binary's); elsewhere it sets an option nothing reads.
-pub fn reuse_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_some() {
-        return;
-    }
-    // SAFETY: mimalloc's option calls are thread-safe and take any option index. Reading first
-    // checks that index 5 holds a 0/1 flag at its default (1); otherwise it is left alone.
-    unsafe {
-        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DECOMMITS) == 1 {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DECOMMITS, 0);
-        }
-    }
 }
 
 /// The types most programs and notebooks need.

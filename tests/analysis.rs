@@ -129,6 +129,15 @@ fn task_gain_normalisation_divides_damage_by_benign_progress() {
     assert!(err.contains("more than 128"), "{err}");
 }
 
+#[test]
+fn an_owning_analysis_measures_what_a_borrowing_one_does() {
+    // A notebook keeps the analysis between cells, so it must own its inputs.
+    let owning: Analysis<'static> = Analysis::owning(model().clone(), probe().clone(), Vec::new());
+    let rob = owning.robustness(&perturb_config()).unwrap();
+    assert_eq!(rob.scores, perturb_matrix().scores);
+    assert_eq!(rob.raw.len(), perturb_matrix().raw.len());
+}
+
 fn perturb_matrix() -> &'static Robustness {
     static R: OnceLock<Robustness> = OnceLock::new();
     R.get_or_init(|| Analysis::new(model(), probe(), &[]).robustness(&perturb_config()).unwrap())

@@ -115,3 +115,23 @@ fn no_source_file_outgrows_a_reader() {
         .collect();
     assert!(long.is_empty(), "split these by concern: {long:?}");
 }
+
+#[test]
+fn only_the_binary_links_mimalloc() {
+    // mimalloc's C code uses initial-exec thread-locals (static TLS). evcxr links the library
+    // into every notebook cell's shared object, and after a few such cells glibc has no static
+    // TLS left: loading the next cell fails ("dlopen failed"). So the library must not use it.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let users: Vec<String> = files
+        .iter()
+        .filter(|f| !f.ends_with("src/main.rs"))
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            text.contains("libmimalloc_sys::") || text.contains("mimalloc::")
+        })
+        .map(|f| f.strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    assert!(users.is_empty(), "only src/main.rs may use mimalloc: {users:?}");
+}

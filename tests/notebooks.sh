@@ -10,11 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EVCXR_VERSION=0.22.0
 if ! cargo install --list | grep -q "^evcxr_jupyter v$EVCXR_VERSION:"; then
-  # Unoptimised, the kernel builds in about 1.5 minutes instead of about 20 on 2 cores. The
-  # notebooks' code is still compiled at opt-level 2; what runs slower is the kernel's own
-  # rust-analyzer (variable types), about 70 s more per notebook, 10 minutes for all of them.
-  # binder/setup.sh sets EVCXR_OPT_LEVEL=3, since there a visitor would wait for it.
-  CARGO_PROFILE_RELEASE_OPT_LEVEL=${EVCXR_OPT_LEVEL:-0} cargo install --locked evcxr_jupyter --version "$EVCXR_VERSION"
+  # The kernel embeds rust-analyzer, which types every cell's variables. Built at opt-level 1 it
+  # takes about 9 minutes on 2 cores and answers a notebook's first cells in about 55 s; built at
+  # opt-level 0 (about 3 minutes) the same cells took about 290 s in every notebook. Binder's
+  # image builds it at opt-level 3 (binder/setup.sh), since there a visitor waits on every cell.
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=${EVCXR_OPT_LEVEL:-1} cargo install --locked evcxr_jupyter --version "$EVCXR_VERSION"
 fi
 evcxr_jupyter --install >/dev/null
 # The kernel's rust-analyzer looks for the standard library's source (rustup's rust-src) when it

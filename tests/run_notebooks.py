@@ -60,10 +60,20 @@ def check(path, write):
                 charts += text.count("<svg")
                 for bad in BAD:
                     if bad in text:
-                        line = next(l for l in text.splitlines() if bad in l)
-                        problems.append(f"cell {i}: {line.strip()[:200]}")
+                        lines = text.splitlines()
+                        at = next(k for k, l in enumerate(lines) if bad in l)
+                        # The matching line and a few after it: a compiler's or kernel's reason.
+                        problems.extend(f"cell {i}: {l.strip()[:200]}" for l in lines[at : at + 8] if l.strip())
+                        break
     if charts == 0:
         problems.append("no inline SVG chart")
+    if problems:
+        # The kernel's own account of a failure (a crashed subprocess says why only on stderr).
+        for i, cell in enumerate(nb.cells):
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                    tail = [l for l in out.get("text", "").splitlines() if l.strip()][-5:]
+                    problems.extend(f"cell {i} stderr: {l.strip()[:300]}" for l in tail)
     seconds = time.time() - start
     cell_seconds = [(i, elapsed(cell)) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
     if write and not problems:

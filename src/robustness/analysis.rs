@@ -10,6 +10,7 @@ use crate::probe::ProbeReport;
 use crate::progress::Task;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What the robustness analysis and the search read: a model, its security-feature probes
@@ -29,22 +30,79 @@ use std::time::Instant;
 /// rob.heatmap().save("heatmap.svg".as_ref())?;
 /// # Ok::<(), secure_tuning::Error>(())
 /// ```
+///
+/// [`Analysis::new`] borrows its inputs; [`Analysis::owning`] takes them, for a notebook, where a
+/// value kept from one cell to the next may not borrow from another.
 pub struct Analysis<'a> {
-    model: &'a Model,
-    probe: &'a ProbeReport,
-    benign: &'a [Record],
+    model: Held<'a, Model>,
+    probe: Held<'a, ProbeReport>,
+    benign: Held<'a, [Record]>,
     bench: RefCell<Option<(RobustnessConfig, Rc<Bench<'a>>)>>,
 }
 
+/// An input of the analysis: borrowed from the caller, or owned by the analysis and shared with
+/// its bench.
+pub(crate) enum Held<'a, T: ?Sized> {
+    Borrowed(&'a T),
+    Shared(Arc<T>),
+}
+
+impl<T: ?Sized> Clone for Held<'_, T> {
+    fn clone(&self) -> Self {
+        match self {
+            Held::Borrowed(r) => Held::Borrowed(r),
+            Held::Shared(rc) => Held::Shared(rc.clone()),
+        }
+    }
+}
+
+impl<T: ?Sized> std::ops::Deref for Held<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Held::Borrowed(r) => r,
+            Held::Shared(rc) => rc,
+        }
+    }
+}
+
+impl Analysis<'static> {
+    /// The analysis of `model` with `probe` and the benign IFT records `benign`, which it keeps:
+    /// the form an evcxr notebook can hold from one cell to the next (pass clones there, as
+    /// [`Model::clone`] copies only the trainable weights).
+    ///
+    /// ```no_run
+    /// use secure_tuning::{Model, data::*, probe::*, robustness::*};
+    /// let model = Model::load("default")?;
+    /// let probe = probe_all(&model, &ProbeData::default_twins()?)?;
+    /// let analysis = Analysis::owning(model.clone(), probe.clone(), Vec::new());
+    /// let rob = analysis.robustness(&RobustnessConfig { mode: Mode::Perturb, ..Default::default() })?;
+    /// # Ok::<(), secure_tuning::Error>(())
+    /// ```
+    pub fn owning(model: Model, probe: ProbeReport, benign: Vec<Record>) -> Self {
+        Analysis {
+            model: Held::Shared(Arc::new(model)),
+            probe: Held::Shared(Arc::new(probe)),
+            benign: Held::Shared(Arc::from(benign)),
+            bench: RefCell::new(None),
+        }
+    }
+}
+
 impl<'a> Analysis<'a> {
-    /// The analysis of `model` with `probe` and the benign IFT records `benign`.
+    /// The analysis of `model` with `probe` and the benign IFT records `benign`, borrowed.
     pub fn new(model: &'a Model, probe: &'a ProbeReport, benign: &'a [Record]) -> Self {
-        Analysis { model, probe, benign, bench: RefCell::new(None) }
+        Analysis {
+            model: Held::Borrowed(model),
+            probe: Held::Borrowed(probe),
+            benign: Held::Borrowed(benign),
+            bench: RefCell::new(None),
+        }
     }
 
     /// The model analysed.
-    pub fn model(&self) -> &'a Model {
-        self.model
+    pub fn model(&self) -> &Model {
+        &self.model
     }
 
     /// The bench for `config`, built on first use and kept while the settings stay the same.
@@ -54,7 +112,7 @@ impl<'a> Analysis<'a> {
                 return Ok(bench.clone());
             }
         }
-        let bench = Rc::new(Bench::new(self.model, self.probe, self.benign, config)?);
+        let bench = Rc::new(Bench::new(self.model.clone(), &self.probe, &self.benign, config)?);
         *self.bench.borrow_mut() = Some((config.clone(), bench.clone()));
         Ok(bench)
     }

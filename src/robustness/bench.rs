@@ -2,6 +2,7 @@
 //! model (harmful prompts, the model's own refusals to them, features at the proxy layer, benign
 //! examples), and the three ways of changing a module group and reading the damage.
 
+use super::analysis::Held;
 use super::{Measure, Mode, Normalize, RobustnessConfig};
 use crate::data::Record;
 use crate::error::{Error, Result};
@@ -15,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 /// What every measurement needs, computed once from the base model: the harmful prompts, the
 /// base model's own refusals to them, its features at the proxy layer and the benign examples.
 pub(crate) struct Bench<'a> {
-    base: &'a Model,
+    base: Held<'a, Model>,
     config: RobustnessConfig,
     pub(crate) probe: Probe,
     harmful: Vec<String>,
@@ -46,7 +47,7 @@ const HELDOUT_BENIGN: usize = 64;
 
 impl<'a> Bench<'a> {
     pub(crate) fn new(
-        base: &'a Model,
+        base: Held<'a, Model>,
         probe: &ProbeReport,
         benign: &[Record],
         config: &RobustnessConfig,
@@ -56,17 +57,17 @@ impl<'a> Bench<'a> {
         let n = config.harmful_limit.min(all.len()).max(1);
         let harmful: Vec<String> = (0..n).map(|i| all[i * all.len() / n].clone()).collect();
         let proxy = probe.proxy().clone();
-        let base_features = layer_features(base, &harmful, proxy.layer, 32)?;
+        let base_features = layer_features(&base, &harmful, proxy.layer, 32)?;
         let logits = proxy.logits(&base_features)?;
         let base_probe_acc = harmful_share(&logits);
         let base_logit = mean(&logits);
         let refusals = if config.mode != Mode::Adversarial && config.measure == Measure::RefusalLogProb {
-            own_refusals(base, &harmful, config.reference_tokens)?
+            own_refusals(&base, &harmful, config.reference_tokens)?
         } else {
             vec![]
         };
-        let base_logprob = if refusals.is_empty() { 0.0 } else { mean_logprob(base, &refusals)? };
-        let mut benign = if config.mode == Mode::Update { encode_examples(base, benign, 256)? } else { vec![] };
+        let base_logprob = if refusals.is_empty() { 0.0 } else { mean_logprob(&base, &refusals)? };
+        let mut benign = if config.mode == Mode::Update { encode_examples(&base, benign, 256)? } else { vec![] };
         // The last examples are held out for the task-progress reading (they are never trained on).
         let benign_heldout = if config.normalize == Normalize::TaskGain && benign.len() > 2 * HELDOUT_BENIGN {
             benign.split_off(benign.len() - HELDOUT_BENIGN)
@@ -84,7 +85,7 @@ impl<'a> Bench<'a> {
                 ),
             ));
         }
-        let base_benign_logprob = if benign_heldout.is_empty() { 0.0 } else { mean_logprob(base, &benign_heldout)? };
+        let base_benign_logprob = if benign_heldout.is_empty() { 0.0 } else { mean_logprob(&base, &benign_heldout)? };
         Ok(Bench {
             base,
             config: config.clone(),
@@ -109,7 +110,7 @@ impl<'a> Bench<'a> {
         }
         match self.config.mode {
             Mode::Perturb => {
-                let mut model = self.base.clone();
+                let mut model = Model::clone(&self.base);
                 let mut rng = Rng::new(seed ^ hash(&names));
                 let mut new = Vec::new();
                 for name in &names {
@@ -120,11 +121,11 @@ impl<'a> Bench<'a> {
                     new.push((name.clone(), (w.to_dtype(DType::F32)? + (noise * scale)?)?));
                 }
                 model.set_weights(new)?;
-                let rel_change = rel_change(self.base, &model, &names)?;
+                let rel_change = rel_change(&self.base, &model, &names)?;
                 Ok(Change { damage: self.read(&model)?, rel_change, task_gain: 0.0 })
             }
             Mode::Update => {
-                let mut model = self.base.clone();
+                let mut model = Model::clone(&self.base);
                 let cfg = TrainConfig {
                     lr: self.config.lr,
                     max_steps: Some(self.config.steps),
@@ -136,7 +137,7 @@ impl<'a> Bench<'a> {
                     ..TrainConfig::default()
                 };
                 train(&mut model, &self.benign, &cfg)?;
-                let rel_change = rel_change(self.base, &model, &names)?;
+                let rel_change = rel_change(&self.base, &model, &names)?;
                 let task_gain = if self.benign_heldout.is_empty() {
                     0.0
                 } else {
@@ -166,7 +167,7 @@ impl<'a> Bench<'a> {
     }
 
     fn adversarial_here(&self, names: &[String]) -> Result<Change> {
-        let mut model = self.base.clone();
+        let mut model = Model::clone(&self.base);
         let vars = model.make_trainable(names)?;
         let mut opt = crate::train::AdamW::new(&vars, crate::train::AdamWParams::default())?;
         let ids: Vec<Vec<u32>> = self.harmful.iter().map(|p| prompt_ids(&model, p)).collect::<Result<_>>()?;
@@ -203,7 +204,7 @@ impl<'a> Bench<'a> {
                 break;
             }
         }
-        let rel_change = rel_change(self.base, &model, names)?;
+        let rel_change = rel_change(&self.base, &model, names)?;
         Ok(Change { damage: (drop / self.config.target_drop).min(1.0), rel_change, task_gain: 0.0 })
     }
 }
