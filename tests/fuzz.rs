@@ -9,11 +9,17 @@ use secure_tuning::experiment::ReproduceConfig;
 use secure_tuning::model::{Config, ModuleSet};
 use secure_tuning::robustness::Robustness;
 use secure_tuning::search::ModsRobust;
+use secure_tuning::tune::PlanFile;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 fn fixture(file: &str) -> Vec<u8> {
     std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama3").join(file)).unwrap()
+}
+
+/// A plan written by `export-plan` (the update-parity fixture).
+fn plan_fixture() -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/plans/llama3/plan_swat.json")).unwrap()
 }
 
 /// Field names the formats use, so random objects reach past the first check.
@@ -158,6 +164,13 @@ instruction,output,category
                 let _ = model.tokenizer().encode("Hello there, fox.", true);
             }
         }
+    }
+
+    #[test]
+    fn plan_files_read_or_say_why(bytes in damaged(plan_fixture())) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "plan.json", &bytes);
+        let _ = PlanFile::read(&p);
     }
 
     #[test]
