@@ -26,6 +26,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 BAD = ("panicked at", "Error:", "error[E", "thread 'main'")
+FLAKE = "Compilation failed, but no parsable errors were found"
 
 
 def texts(output):
@@ -95,6 +96,11 @@ def elapsed(cell):
 def run_here(path, write):
     """Checks one notebook in this process; prints its report and returns whether it passed."""
     problems, seconds, cell_seconds = check(path, write)
+    if any(FLAKE in p for p in problems):
+        # Once seen with two kernels side by side: the kernel's build gave no compiler message at
+        # all. A real compile error names its line, so only this case is run a second time.
+        print(f"{path}: the kernel's build failed without a compiler message; running it again", flush=True)
+        problems, seconds, cell_seconds = check(path, write)
     status = "ok" if not problems else "FAILED"
     print(f"{path}: {status} in {seconds:.0f}s", flush=True)
     print("  cells: " + ", ".join(f"{i}: {s:.0f}s" for i, s in cell_seconds), flush=True)
