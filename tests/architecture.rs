@@ -35,6 +35,13 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The top-level module a source file belongs to (`src/tune/plan.rs` -> `tune`); `None` for the
 /// crate root and the binary.
+/// Every Rust file under src/.
+fn source_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    files
+}
+
 fn module_of(src: &Path, file: &Path) -> Option<String> {
     let rel = file.strip_prefix(src).unwrap();
     let first = rel.components().next()?.as_os_str().to_string_lossy().into_owned();
@@ -68,10 +75,8 @@ fn imports(text: &str) -> Vec<String> {
 fn every_crate_import_points_down_the_layer_table() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let ranks = ranks();
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
     let mut bad = Vec::new();
-    for file in &files {
+    for file in &source_files() {
         let Some(module) = module_of(&src, file) else { continue };
         if module == "cli" {
             continue; // the binary's own modules sit above every library layer
@@ -105,9 +110,7 @@ fn an_upward_import_is_caught() {
 #[test]
 fn no_source_file_outgrows_a_reader() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
-    let long: Vec<String> = files
+    let long: Vec<String> = source_files()
         .iter()
         .map(|f| (f, std::fs::read_to_string(f).unwrap().lines().count()))
         .filter(|&(f, n)| n > 700 || (f.ends_with("src/main.rs") && n > 150))
@@ -122,9 +125,7 @@ fn only_the_binary_links_mimalloc() {
     // into every notebook cell's shared object, and after a few such cells glibc has no static
     // TLS left: loading the next cell fails ("dlopen failed"). So the library must not use it.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
-    let users: Vec<String> = files
+    let users: Vec<String> = source_files()
         .iter()
         .filter(|f| !f.ends_with("src/main.rs"))
         .filter(|f| {

@@ -51,7 +51,7 @@ impl<T: ?Sized> Clone for Held<'_, T> {
     fn clone(&self) -> Self {
         match self {
             Held::Borrowed(r) => Held::Borrowed(r),
-            Held::Shared(rc) => Held::Shared(rc.clone()),
+            Held::Shared(shared) => Held::Shared(shared.clone()),
         }
     }
 }
@@ -61,7 +61,7 @@ impl<T: ?Sized> std::ops::Deref for Held<'_, T> {
     fn deref(&self) -> &T {
         match self {
             Held::Borrowed(r) => r,
-            Held::Shared(rc) => rc,
+            Held::Shared(shared) => shared,
         }
     }
 }
